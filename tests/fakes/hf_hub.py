@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,10 @@ class FakeHub:
 
 
 @contextmanager
-def serve_hub(files: dict[str, bytes]) -> Iterator[tuple[str, FakeHub]]:
+def serve_hub(
+    files: dict[str, bytes], *, download_seconds: float = 0.0
+) -> Iterator[tuple[str, FakeHub]]:
+    """Serve `files`; `download_seconds` spreads each GET body over that much time."""
     hub = FakeHub(files)
 
     class Handler(BaseHTTPRequestHandler):
@@ -61,8 +65,14 @@ def serve_hub(files: dict[str, bytes]) -> Iterator[tuple[str, FakeHub]]:
 
         def do_GET(self) -> None:
             body = self._head()
-            if body is not None:
-                self.wfile.write(body)
+            if body is None:
+                return
+            chunks = 20 if download_seconds else 1
+            step = -(-len(body) // chunks)
+            for start in range(0, len(body), step):
+                self.wfile.write(body[start : start + step])
+                self.wfile.flush()
+                time.sleep(download_seconds / chunks)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

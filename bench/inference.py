@@ -1,0 +1,268 @@
+"""Benchmark the slimllm inference image against llama.cpp's llama-server, side by side.
+
+Both run as containers on the same model file with the same thread count; requests alternate
+between them so that machine noise hits both alike. Prints one JSON document (and writes it with
+--out): single-stream decode tok/s and time to first token, aggregate tok/s for N concurrent
+streams, container start -> healthy seconds, /health latency during a generation, image sizes,
+and the ratios slimllm / llama-server.
+
+    python bench/inference.py --out bench/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import docker
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from slimllm.model import ModelSource, fetch  # noqa: E402
+
+OURS = "slimllm/inference:bench"
+PEER = "slimllm/llama-server:bench"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+PROMPT = (
+    "You are a helpful assistant. Write a long, detailed story about a lighthouse keeper who finds "
+    "a strange machine washed up on the shore, and what happens over the following year."
+)
+
+
+def build(dockerfile: str, tag: str) -> None:
+    args = ["docker", "buildx", "build", "--load", "-q", "-f", str(REPO / dockerfile), "-t", tag]
+    if CA_BUNDLE.exists():
+        args += ["--secret", f"id=ca,src={CA_BUNDLE}"]
+    subprocess.run([*args, str(REPO)], check=True, stdout=subprocess.DEVNULL)
+
+
+@dataclass
+class Running:
+    name: str
+    container: Any
+    url: str
+    start_to_healthy: float
+
+
+def start(
+    client: Any, name: str, image: str, models: Path, model_file: str, threads: int, slots: int, ctx: int
+) -> Running:
+    if image == OURS:
+        kwargs: dict[str, Any] = {
+            "environment": {
+                "SLIMLLM_PRESET": "",
+                "SLIMLLM_MODEL": f"/models/{model_file}",
+                "SLIMLLM_THREADS": str(threads),
+                "SLIMLLM_SLOTS": str(slots),
+                "SLIMLLM_CTX_SIZE": str(ctx),
+                "SLIMLLM_LOG_LEVEL": "warning",
+            },
+            "read_only": True,
+            "tmpfs": {"/tmp": ""},
+        }
+    else:
+        kwargs = {
+            "command": [
+                "-m",
+                f"/models/{model_file}",
+                "-t",
+                str(threads),
+                "-tb",
+                str(threads),
+                "-c",
+                str(ctx * slots),
+                "-np",
+                str(slots),
+                "--log-disable",
+            ]
+        }
+    began = time.monotonic()
+    container = client.containers.run(
+        image,
+        detach=True,
+        name=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+        volumes={str(models): {"bind": "/models", "mode": "ro"}},
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        **kwargs,
+    )
+    container.reload()
+    while not container.attrs["NetworkSettings"]["Ports"].get("8080/tcp"):
+        container.reload()
+    port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() - began < 120:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return Running(name, container, url, time.monotonic() - began)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} did not become healthy:\n{container.logs().decode()[-2000:]}")
+
+
+def stream_once(url: str, tokens: int) -> dict[str, float]:
+    # A unique prefix defeats prompt caching, so both servers process the whole prompt every time.
+    body = {
+        "prompt": f"[{uuid.uuid4().hex}] {PROMPT}",
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "cache_prompt": False,
+    }
+    sent = time.monotonic()
+    stamps: list[float] = []
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                stamps.append(time.monotonic())
+    if len(stamps) < 2:
+        raise RuntimeError(f"{url} produced {len(stamps)} tokens")
+    return {
+        "ttft_s": stamps[0] - sent,
+        "decode_tps": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        "tokens": len(stamps),
+        "wall_s": stamps[-1] - sent,
+    }
+
+
+def concurrent_streams(url: str, streams: int, tokens: int) -> float:
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(lambda _: stream_once(url, tokens), range(streams)))
+    return sum(r["tokens"] for r in results) / (time.monotonic() - began)
+
+
+def health_latency_during_generation(url: str) -> dict[str, float]:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(stream_once, url, 256)
+        time.sleep(0.5)
+        samples = []
+        while not job.done() and len(samples) < 50:
+            began = time.monotonic()
+            httpx.get(url + "/health", timeout=5)
+            samples.append(time.monotonic() - began)
+            time.sleep(0.05)
+        job.result()
+    samples.sort()
+    return {
+        "p50_ms": 1000 * statistics.median(samples),
+        "max_ms": 1000 * samples[-1],
+        "samples": len(samples),
+    }
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="single-stream requests per server")
+    parser.add_argument("--tokens", type=int, default=128, help="completion tokens per request")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent streams for the aggregate test")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
+    parser.add_argument(
+        "--slots", type=int, default=0, help="our server's slots for the aggregate test (default: --streams)"
+    )
+    parser.add_argument("--skip-build", action="store_true", help="use the images already built")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    if not args.skip_build:
+        build("app/inference/Dockerfile", OURS)
+        build("bench/llama-server.Dockerfile", PEER)
+    models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
+    model = fetch(ModelSource("default"), models)
+    client = docker.from_env()
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
+        "model": model.name,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "streams": args.streams,
+    }
+    servers = {"slimllm": OURS, "llama_server": PEER}
+    for name, image in servers.items():
+        result[name] = {"image_bytes": client.images.get(image).attrs["Size"]}
+
+    running = {
+        name: start(client, name, image, models, model.name, args.threads, 1, 4096)
+        for name, image in servers.items()
+    }
+    try:
+        for name, server in running.items():
+            result[name]["start_to_healthy_s"] = server.start_to_healthy
+            stream_once(server.url, 8)  # warm-up, not measured
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
+        order = list(running)
+        for i in range(args.rounds):
+            for name in order if i % 2 == 0 else reversed(order):
+                runs[name].append(stream_once(running[name].url, args.tokens))
+        for name in running:
+            result[name]["decode_tps_1"] = median_of(runs[name], "decode_tps")
+            result[name]["ttft_s_1"] = median_of(runs[name], "ttft_s")
+            result[name]["health_during_generation"] = health_latency_during_generation(running[name].url)
+    finally:
+        for server in running.values():
+            server.container.remove(force=True)
+
+    slots = args.slots or args.streams
+    for name, image in servers.items():
+        server = start(client, name, image, models, model.name, args.threads, slots, 4096)
+        try:
+            stream_once(server.url, 8)
+            result[name][f"aggregate_tps_{args.streams}"] = statistics.median(
+                concurrent_streams(server.url, args.streams, args.tokens) for _ in range(2)
+            )
+            result[name]["slots"] = slots
+        finally:
+            server.container.remove(force=True)
+
+    ours, peer = result["slimllm"], result["llama_server"]
+    result["ratios"] = {
+        "decode_tps_1": ours["decode_tps_1"] / peer["decode_tps_1"],
+        "ttft_1": ours["ttft_s_1"] / peer["ttft_s_1"],
+        f"aggregate_tps_{args.streams}": ours[f"aggregate_tps_{args.streams}"]
+        / peer[f"aggregate_tps_{args.streams}"],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

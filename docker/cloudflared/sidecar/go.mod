@@ -1,0 +1,3 @@
+module slimllm/cloudflared-sidecar
+
+go 1.19

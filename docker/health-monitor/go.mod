@@ -1,0 +1,3 @@
+module slimllm/health-monitor
+
+go 1.19

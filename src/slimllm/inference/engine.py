@@ -1,0 +1,520 @@
+"""The generation engine: one llama.cpp context driven from one worker thread.
+
+The context holds `slots` sequences. Each step the worker builds one batch from every active
+slot — a chunk of prompt for slots still reading their prompt, the last sampled token for slots
+that are generating — decodes it once, and samples each slot's next token with that slot's own
+sampler chain. Requests wait in a bounded queue for a free slot. Everything that touches llama.cpp
+happens on the worker thread; the HTTP side only exchanges plain Python objects with it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimllm.inference import binding
+from slimllm.inference.chat import (
+    BuiltinChatTemplate,
+    ChatRenderer,
+    JinjaChatTemplate,
+    builtin_template_names,
+)
+
+log = logging.getLogger("slimllm.inference")
+
+# What the worker reports to a request, in order: zero or more ("text", str), then exactly one
+# ("done", Finished) or ("error", str).
+Event = tuple[str, Any]
+
+
+class EngineError(RuntimeError):
+    """The model cannot be loaded or the engine cannot run; the message is one line."""
+
+
+class QueueFull(RuntimeError):
+    """The request queue is at its bound."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: list[str]
+    emit: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class Stats:
+    """Counters read by /metrics. Written by the worker thread only."""
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    predicted_tokens: int = 0
+    predicted_seconds: float = 0.0
+    decode_calls: int = 0
+    busy_slots_in_decodes: int = 0
+    requests_finished: int = 0
+
+
+@dataclass
+class _Slot:
+    index: int
+    job: Job | None = None
+    pending_prompt: list[int] = field(default_factory=list)
+    position: int = 0
+    generated: int = 0
+    last_token: int = -1
+    sampler: Any = None
+    text: _StopScanner | None = None
+    decoder: Any = None
+    prompt_started: float = 0.0
+    predict_started: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        ctx_size: int = 4096,
+        threads: int | None = None,
+        batch_size: int = 512,
+        slots: int = 1,
+        queue_size: int = 16,
+        chat_format: str | None = None,
+        chat_template: str | None = None,
+        chat_template_origin: str = "file",
+    ) -> None:
+        self.model_path = model_path
+        self.slots_count = max(1, slots)
+        self.queue_size = queue_size
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self.batch_size = batch_size
+        self.stats = Stats()
+        self.last_progress = time.monotonic()
+        self.busy = False
+        self._pending: queue.Queue[Job] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lib = binding.load()
+        self._silence_logs()
+        self._load(ctx_size)
+        self.chat = self._choose_chat_renderer(chat_format, chat_template, chat_template_origin)
+        self._slots = [_Slot(i) for i in range(self.slots_count)]
+        self._batch = self._lib.llama_batch_init(max(self.batch_size, self.slots_count), 0, self.slots_count)
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _silence_logs(self) -> None:
+        lib = self._lib
+
+        def forward(level: int, text: bytes, _user: object) -> None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+        # Keep a reference: llama.cpp calls this pointer for the life of the process.
+        self._log_callback = lib.llama_log_callback(forward)
+        lib.llama_log_set(self._log_callback, None)
+
+    def _load(self, ctx_size: int) -> None:
+        lib = self._lib
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        self._model = lib.llama_model_load_from_file(str(self.model_path).encode(), mparams)
+        if not self._model:
+            raise EngineError(
+                f"llama.cpp cannot load {self.model_path} (corrupt, truncated or unsupported GGUF)"
+            )
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+        self.ctx_per_slot = ctx_size if ctx_size > 0 else self.n_ctx_train
+        cparams = lib.llama_context_default_params()
+        # Like llama-server's -np: the context is split evenly, each slot gets ctx_size tokens.
+        cparams.n_ctx = self.ctx_per_slot * self.slots_count
+        cparams.n_batch = self.batch_size
+        cparams.n_ubatch = min(self.batch_size, 512)
+        cparams.n_seq_max = self.slots_count
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise EngineError(
+                f"llama.cpp cannot create a context of {cparams.n_ctx} tokens for {self.model_path}"
+            )
+        self._memory = lib.llama_get_memory(self._ctx)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self.metadata = self._read_metadata()
+        self.n_params = int(lib.llama_model_n_params(self._model))
+        self.size_bytes = int(lib.llama_model_size(self._model))
+
+    def _read_metadata(self) -> dict[str, str]:
+        lib = self._lib
+        meta: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1 << 16)
+        for i in range(int(lib.llama_model_meta_count(self._model))):
+            if lib.llama_model_meta_key_by_index(self._model, i, buf, len(buf)) < 0:
+                continue
+            key = buf.value.decode("utf-8", errors="replace")
+            n = lib.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf))
+            if n >= len(buf):  # long values (chat templates) need a bigger buffer
+                big = ctypes.create_string_buffer(n + 1)
+                lib.llama_model_meta_val_str_by_index(self._model, i, big, len(big))
+                meta[key] = big.value.decode("utf-8", errors="replace")
+            elif n >= 0:
+                meta[key] = buf.value.decode("utf-8", errors="replace")
+        return meta
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = self._lib.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def _choose_chat_renderer(
+        self, chat_format: str | None, template: str | None, template_origin: str
+    ) -> ChatRenderer:
+        bos = self._token_text(int(self._lib.llama_vocab_bos(self._vocab)))
+        eos = self._token_text(int(self._lib.llama_vocab_eos(self._vocab)))
+        if template:
+            try:
+                return JinjaChatTemplate(template, bos, eos, template_origin)
+            except ValueError as exc:
+                raise EngineError(str(exc)) from None
+        if chat_format:
+            names = builtin_template_names(self._lib)
+            if chat_format not in names:
+                raise EngineError(f"unknown chat format '{chat_format}'; llama.cpp knows: {', '.join(names)}")
+            return BuiltinChatTemplate(self._lib, chat_format, "chat format setting")
+        gguf_template = self.metadata.get("tokenizer.chat_template")
+        if gguf_template:
+            try:
+                return JinjaChatTemplate(gguf_template, bos, eos, "GGUF metadata")
+            except ValueError:
+                log.warning(
+                    "the GGUF chat template is not valid Jinja; trying llama.cpp's template detection"
+                )
+                try:
+                    return BuiltinChatTemplate(self._lib, gguf_template, "detected from GGUF metadata")
+                except ValueError:
+                    pass
+        # llama-server does the same when a model carries no usable template.
+        log.warning(
+            "%s has no usable chat template; using chatml (set a chat format to change)", self.model_path
+        )
+        return BuiltinChatTemplate(self._lib, "chatml", "fallback: the model has no chat template")
+
+    # -- text <-> tokens ---------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            tokens = (self._lib.llama_token * capacity)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_bos, True)
+            if n >= 0:
+                return list(tokens[:n])
+            capacity = -n
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.chat.render(messages)
+        return self.tokenize(text, add_bos=self.add_bos and not self.chat.includes_bos)
+
+    def completion_prompt(self, text: str) -> list[int]:
+        return self.tokenize(text, add_bos=self.add_bos)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job. Raises QueueFull when `queue_size` requests are already waiting."""
+        if self._pending.qsize() >= self.queue_size:
+            raise QueueFull
+        self._pending.put(job)
+        self._wake.set()
+
+    @property
+    def waiting(self) -> int:
+        return self._pending.qsize()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for slot in self._slots if slot.job is not None)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._admit()
+                if not any(slot.job for slot in self._slots):
+                    self.busy = False
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                self.busy = True
+                self.last_progress = time.monotonic()
+                self._step()
+                self.last_progress = time.monotonic()
+        except Exception:
+            log.exception("the engine worker stopped")
+            for slot in self._slots:
+                if slot.job is not None:
+                    slot.job.emit(("error", "the inference engine failed"))
+            raise
+        finally:
+            self.busy = False
+
+    def _admit(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                continue
+            try:
+                job = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if job.cancelled.is_set():
+                continue
+            self._assign(slot, job)
+
+    def _assign(self, slot: _Slot, job: Job) -> None:
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+        slot.job = job
+        slot.pending_prompt = list(job.prompt)
+        slot.position = 0
+        slot.generated = 0
+        slot.last_token = -1
+        slot.sampler = self._make_sampler(job.sampling)
+        slot.text = _StopScanner(job.stop)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.prompt_started = time.monotonic()
+
+    def _make_sampler(self, s: Sampling) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+            lib.llama_sampler_chain_add(
+                chain,
+                lib.llama_sampler_init_penalties(
+                    self.n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                ),
+            )
+        if s.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
+        if s.top_k > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(s.top_k))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(s.min_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(s.temperature))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _step(self) -> None:
+        lib = self._lib
+        batch = self._batch
+        budget = self.batch_size
+        n = 0
+        sample_at: list[tuple[_Slot, int]] = []
+        prompt_tokens_in_batch = 0
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled.is_set():
+                self._finish(slot, "cancelled")
+                continue
+            if slot.pending_prompt:
+                take = slot.pending_prompt[: max(0, budget - n)]
+                if not take:
+                    continue
+                del slot.pending_prompt[: len(take)]
+                last = not slot.pending_prompt
+                for i, token in enumerate(take):
+                    self._batch_add(n, token, slot.position, slot.index, last and i == len(take) - 1)
+                    slot.position += 1
+                    n += 1
+                prompt_tokens_in_batch += len(take)
+                if last:
+                    sample_at.append((slot, n - 1))
+            elif n < budget:
+                self._batch_add(n, slot.last_token, slot.position, slot.index, True)
+                slot.position += 1
+                sample_at.append((slot, n))
+                n += 1
+        if n == 0:
+            return
+        batch.n_tokens = n
+        started = time.monotonic()
+        rc = lib.llama_decode(self._ctx, batch)
+        elapsed = time.monotonic() - started
+        self.stats.decode_calls += 1
+        self.stats.busy_slots_in_decodes += self.active
+        if rc != 0:
+            for slot, _ in sample_at:
+                self._fail(slot, f"llama_decode failed (code {rc})")
+            return
+        if prompt_tokens_in_batch:
+            self.stats.prompt_tokens += prompt_tokens_in_batch
+            self.stats.prompt_seconds += elapsed * prompt_tokens_in_batch / n
+        generated_in_batch = n - prompt_tokens_in_batch
+        if generated_in_batch:
+            self.stats.predicted_seconds += elapsed * generated_in_batch / n
+        for slot, index in sample_at:
+            self._sample(slot, index)
+
+    def _batch_add(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        lib = self._lib
+        job = slot.job
+        assert job is not None and slot.text is not None
+        token = int(lib.llama_sampler_sample(slot.sampler, self._ctx, index))
+        if slot.generated == 0:
+            slot.predict_started = time.monotonic()
+        if lib.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        self.stats.predicted_tokens += 1
+        slot.last_token = token
+        piece = self._piece(token)
+        delta, stopped = slot.text.feed(slot.decoder.decode(piece))
+        if delta:
+            job.emit(("text", delta))
+        if stopped:
+            self._finish(slot, "stop", flush=False)
+        elif slot.generated >= job.max_tokens or slot.position >= self.ctx_per_slot:
+            self._finish(slot, "length")
+
+    def _piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
+        job = slot.job
+        assert job is not None and slot.text is not None
+        if flush:
+            tail = slot.text.flush(slot.decoder.decode(b"", final=True))
+            if tail and reason != "cancelled":
+                job.emit(("text", tail))
+        job.emit(("done", Finished(reason, len(job.prompt), slot.generated)))
+        self.stats.requests_finished += 1
+        self._release(slot)
+
+    def _fail(self, slot: _Slot, message: str) -> None:
+        if slot.job is not None:
+            slot.job.emit(("error", message))
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            self._lib.llama_sampler_free(slot.sampler)
+        self._lib.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+        slot.job = None
+        slot.sampler = None
+        slot.pending_prompt = []
+
+    def close(self) -> None:
+        self.stop()
+        lib = self._lib
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        lib.llama_model_free(self._model)
+
+
+class _StopScanner:
+    """Holds back text that might be the start of a stop string; cuts at the first stop string."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit now, whether a stop string was reached)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out, False
+
+    def flush(self, text: str) -> str:
+        out, stopped = self.feed(text)
+        if stopped:
+            return out
+        out += self.pending
+        self.pending = ""
+        return out

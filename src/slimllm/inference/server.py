@@ -1,0 +1,359 @@
+"""`slimllm serve`: configuration, model resolution and the uvicorn process around the API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slimllm.errors import UserError
+from slimllm.model import (
+    DEFAULT_MODELS_DIR,
+    ModelError,
+    ModelSource,
+    check_gguf,
+    fetch,
+    parse_source,
+    sha256_file,
+)
+
+PRESET_PACKAGE = "slimllm.presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".env")
+        for p in resources.files(PRESET_PACKAGE).iterdir()
+        if p.name.endswith(".env")
+    )
+
+
+def read_preset(name: str) -> dict[str, str]:
+    """A preset is an env file (`KEY=value` lines, `#` comments): a bundled name or a path."""
+    if name.endswith(".env") or "/" in name:
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read preset file {name}: {exc.strerror or exc}") from None
+    else:
+        entry = resources.files(PRESET_PACKAGE).joinpath(f"{name}.env")
+        if not entry.is_file():
+            raise click.BadParameter(
+                f"unknown preset '{name}'; choose one of {', '.join(preset_names())} "
+                "or give a path to an .env file"
+            )
+        text = entry.read_text(encoding="utf-8")
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"preset {name}, line {number}: expected KEY=value")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Turn the preset's env-style keys into defaults; flags and real env vars still win."""
+    if not value:
+        return value
+    by_env = {p.envvar: p.name for p in ctx.command.params if isinstance(p.envvar, str) and p.name}
+    defaults: dict[str, Any] = dict(ctx.default_map or {})
+    for key, raw in read_preset(value).items():
+        if key not in by_env:
+            raise click.BadParameter(f"preset {value}: unknown setting {key}", ctx=ctx, param=param)
+        if raw:
+            defaults[by_env[key]] = raw
+    ctx.default_map = defaults
+    return value
+
+
+def _read_secret_file(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@click.command("serve")
+@click.option(
+    "--preset",
+    envvar="SLIMLLM_PRESET",
+    show_envvar=True,
+    is_eager=True,
+    callback=_apply_preset,
+    expose_value=False,
+    help="Model preset: default, phi, qwen, llama, or a path to an .env file.",
+)
+@click.option(
+    "--model",
+    "model_source",
+    default="default",
+    envvar="SLIMLLM_MODEL",
+    show_envvar=True,
+    help="`default` (embedded Gemma 3 270M), a .gguf path, or a Hugging Face repo id with --model-file.",
+)
+@click.option(
+    "--model-file",
+    envvar="SLIMLLM_MODEL_FILE",
+    show_envvar=True,
+    help="File in the Hugging Face repo (e.g., qwen2.5-3b-instruct-q4_k_m.gguf).",
+)
+@click.option(
+    "--model-revision",
+    envvar="SLIMLLM_MODEL_REVISION",
+    show_envvar=True,
+    help="Branch, tag or commit of the Hugging Face repo.",
+)
+@click.option(
+    "--model-sha256",
+    envvar="SLIMLLM_MODEL_SHA256",
+    show_envvar=True,
+    help="Expected sha256 of the GGUF; a mismatch stops the server at start.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_MODELS_DIR,
+    envvar="SLIMLLM_MODELS_DIR",
+    show_envvar=True,
+    help="Where downloaded and embedded models are kept.",
+)
+@click.option(
+    "--model-alias",
+    envvar="SLIMLLM_MODEL_ALIAS",
+    show_envvar=True,
+    help="Model id served in /v1/models (default: the file name without .gguf).",
+)
+@click.option(
+    "--ctx-size",
+    type=click.IntRange(min=0),
+    default=4096,
+    envvar="SLIMLLM_CTX_SIZE",
+    show_envvar=True,
+    help="Context size per slot in tokens; 0 uses the model's training context.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="SLIMLLM_THREADS",
+    show_envvar=True,
+    show_default="all available CPUs",
+    help="CPU threads for llama.cpp.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=8),
+    default=512,
+    envvar="SLIMLLM_BATCH_SIZE",
+    show_envvar=True,
+    help="Tokens per llama_decode call (prompt processing chunk).",
+)
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    envvar="SLIMLLM_SLOTS",
+    show_envvar=True,
+    help="Requests decoded together; each slot gets --ctx-size tokens.",
+)
+@click.option(
+    "--chat-format",
+    envvar="SLIMLLM_CHAT_FORMAT",
+    show_envvar=True,
+    help="A llama.cpp built-in chat template by name (e.g., gemma, chatml, llama3, phi3); "
+    "default: the template in the GGUF.",
+)
+@click.option(
+    "--chat-template-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_CHAT_TEMPLATE_FILE",
+    show_envvar=True,
+    help="A Jinja chat template file; overrides --chat-format and the GGUF's template.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    envvar="SLIMLLM_HOST",
+    show_envvar=True,
+    help="Address to listen on (0.0.0.0 in the container).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    envvar="SLIMLLM_PORT",
+    show_envvar=True,
+    help="Port to listen on.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_API_KEY_FILE",
+    show_envvar=True,
+    help="File holding the API key (e.g., a Docker secret). The key itself "
+    "can be given as SLIMLLM_API_KEY; it is never accepted on the command line.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=0),
+    default=16,
+    envvar="SLIMLLM_QUEUE_SIZE",
+    show_envvar=True,
+    help="Requests that may wait for a free slot; more get 503 with Retry-After.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    envvar="SLIMLLM_REQUEST_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a request may take in total.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    envvar="SLIMLLM_SHUTDOWN_GRACE",
+    show_envvar=True,
+    help="Seconds in-flight requests get to finish after SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    envvar="SLIMLLM_LOG_LEVEL",
+    show_envvar=True,
+    help="Log verbosity.",
+)
+def serve(
+    model_source: str,
+    model_file: str | None,
+    model_revision: str | None,
+    model_sha256: str | None,
+    models_dir: Path,
+    model_alias: str | None,
+    ctx_size: int,
+    threads: int | None,
+    batch_size: int,
+    slots: int,
+    chat_format: str | None,
+    chat_template_file: Path | None,
+    host: str,
+    port: int,
+    api_key_file: Path | None,
+    queue_size: int,
+    request_timeout: float,
+    shutdown_grace: float,
+    log_level: str,
+) -> None:
+    """Serve a GGUF model over an OpenAI-compatible HTTP API.
+
+    Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+    GET /metrics (Prometheus). With an API key set, every /v1 route needs
+    `Authorization: Bearer <key>`; /health and /metrics stay open.
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = os.environ.get("SLIMLLM_API_KEY", "").strip() or _read_secret_file(api_key_file)
+    template = None
+    if chat_template_file is not None:
+        try:
+            template = chat_template_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read chat template {chat_template_file}: {exc}") from None
+    try:
+        source = parse_source(model_source, filename=model_file, revision=model_revision, sha256=model_sha256)
+        model_id = model_alias or source.target_name.removesuffix(".gguf")
+    except ModelError as exc:
+        raise UserError(str(exc)) from None
+    raise SystemExit(
+        run_server(
+            # Fetching happens in the loader, after the server listens, so /health reports
+            # "loading" during a download instead of refusing connections.
+            load_model=lambda: resolve_model(source, models_dir),
+            model_id=model_id,
+            api_key=api_key,
+            host=host,
+            port=port,
+            engine_options={
+                "ctx_size": ctx_size,
+                "threads": threads,
+                "batch_size": batch_size,
+                "slots": slots,
+                "queue_size": queue_size,
+                "chat_format": chat_format,
+                "chat_template": template,
+                "chat_template_origin": str(chat_template_file),
+            },
+            request_timeout=request_timeout,
+            shutdown_grace=shutdown_grace,
+            log_level=log_level,
+        )
+    )
+
+
+def resolve_model(source: ModelSource, models_dir: Path) -> Path:
+    """A verified GGUF path. Local files are used where they are; other sources go to models_dir."""
+    if source.kind == "path":
+        assert source.path is not None
+        check_gguf(source.path)
+        if source.sha256 and sha256_file(source.path) != source.sha256:
+            raise ModelError(f"sha256 mismatch for {source.path}: expected {source.sha256}")
+        return source.path
+    return fetch(source, models_dir)
+
+
+def run_server(
+    *,
+    load_model: Callable[[], Path],
+    model_id: str,
+    api_key: str | None,
+    host: str,
+    port: int,
+    engine_options: dict[str, Any],
+    request_timeout: float,
+    shutdown_grace: float,
+    log_level: str,
+) -> int:
+    import uvicorn
+
+    from slimllm.inference.api import Settings, create_app
+    from slimllm.inference.engine import Engine
+
+    outcome = {"code": 0}
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        outcome["code"] = 1
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(
+        Settings(model_id=model_id, api_key=api_key, request_timeout=request_timeout),
+        load=lambda: Engine(load_model(), **engine_options),
+        on_fatal=on_fatal,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=int(shutdown_grace) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return outcome["code"]

@@ -1,0 +1,3 @@
+module slimllm.test/fake-cloudflared
+
+go 1.19

@@ -1,0 +1,247 @@
+// TEST DOUBLE. This is not cloudflared: it is a stand-in for the cloudflared release binary,
+// for tests only, because the real one cannot be downloaded where the tests run and a real
+// tunnel needs Cloudflare's edge.
+//
+// The tests serve this program's build as `cloudflared-linux-<arch>` from a local HTTP server
+// and build docker/cloudflared/Dockerfile against it (CLOUDFLARED_RELEASE_URL and the sha256
+// build arguments), so the real Dockerfile, entrypoint and health check run unchanged.
+//
+// What it imitates, and nothing more:
+//   - the command line the image's entrypoint uses:
+//     `cloudflared tunnel --no-autoupdate --metrics ADDR --url ORIGIN`   (quick tunnel)
+//     `cloudflared tunnel --no-autoupdate --metrics ADDR run`           (named; TUNNEL_TOKEN from the environment)
+//     and `cloudflared version`;
+//   - the log lines, including the quick tunnel's box with its https://<name>.trycloudflare.com URL;
+//   - the metrics server: /ready ({"status","readyConnections","connectorId"}; 503 while no
+//     connection is up), /quicktunnel ({"hostname"}; empty for a named tunnel), /metrics,
+//     /healthcheck;
+//   - the tunnel itself, reduced to a plain HTTP listener on port 8080 that proxies every request
+//     to the origin, as Cloudflare's edge would serve https://<hostname>.
+//
+// Test-only additions, which real cloudflared does not have:
+//   - POST /test-double/connections?ready=N on the metrics server sets the number of ready
+//     connections, so that tests can make the tunnel lose and regain the edge;
+//   - a token on the command line (--token) is refused with exit status 3, so that a test fails
+//     if the image ever puts the secret where `ps` and `docker inspect` show it.
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	version    = "0.0.0-test-double"
+	edgeListen = "0.0.0.0:8080"
+	// The real quick tunnel opens one connection, a named tunnel four.
+	quickConnections = 1
+	namedConnections = 4
+	// Long enough that /ready is seen answering 503 first, short enough not to slow tests.
+	connectDelay = 300 * time.Millisecond
+)
+
+type options struct {
+	metrics string
+	origin  string
+	named   bool
+}
+
+func logf(level, format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "%s %s %s\n", time.Now().UTC().Format(time.RFC3339), level, fmt.Sprintf(format, args...))
+}
+
+func fail(code int, format string, args ...interface{}) {
+	logf("ERR", format, args...)
+	os.Exit(code)
+}
+
+// parseArgs reads `tunnel [flags] [run]` the way cloudflared's CLI does, flags as `--f v` or `--f=v`.
+func parseArgs(args []string) (options, error) {
+	opts := options{metrics: "127.0.0.1:20241", origin: os.Getenv("TUNNEL_URL")}
+	if len(args) == 0 || args[0] != "tunnel" {
+		return opts, fmt.Errorf("test double: want `tunnel ...` or `version`, got %q", args)
+	}
+	for i := 1; i < len(args); i++ {
+		arg := args[i]
+		name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		next := func() (string, error) {
+			if hasValue {
+				return value, nil
+			}
+			if i+1 >= len(args) {
+				return "", fmt.Errorf("flag --%s needs a value", name)
+			}
+			i++
+			return args[i], nil
+		}
+		var err error
+		switch {
+		case arg == "run":
+			opts.named = true
+		case !strings.HasPrefix(arg, "-"):
+			return opts, fmt.Errorf("test double: unexpected argument %q", arg)
+		case name == "no-autoupdate":
+		case name == "metrics":
+			opts.metrics, err = next()
+		case name == "url":
+			opts.origin, err = next()
+		case name == "token":
+			fail(3, "test double: the tunnel token was passed on the command line, where ps and docker inspect show it; "+
+				"pass it as TUNNEL_TOKEN in the environment")
+		default:
+			return opts, fmt.Errorf("test double: flag provided but not imitated: %s", arg)
+		}
+		if err != nil {
+			return opts, err
+		}
+	}
+	return opts, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func asciiBox(lines ...string) []string {
+	width := 0
+	for _, l := range lines {
+		if len(l) > width {
+			width = len(l)
+		}
+	}
+	border := "+" + strings.Repeat("-", width+4) + "+"
+	box := []string{border}
+	for _, l := range lines {
+		box = append(box, "|  "+l+strings.Repeat(" ", width-len(l))+"  |")
+	}
+	return append(box, border)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v interface{}) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func main() {
+	args := os.Args[1:]
+	if len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-v") {
+		fmt.Printf("cloudflared version %s (test double)\n", version)
+		return
+	}
+	opts, err := parseArgs(args)
+	if err != nil {
+		fail(2, "%v", err)
+	}
+
+	var hostname string
+	wantConnections := quickConnections
+	if opts.named {
+		if os.Getenv("TUNNEL_TOKEN") == "" {
+			fail(1, "\"cloudflared tunnel run\" requires a tunnel token (TUNNEL_TOKEN) in this test double")
+		}
+		wantConnections = namedConnections
+		logf("INF", "Starting tunnel tunnelID=%s", randomHex(16))
+	} else {
+		if opts.origin == "" {
+			fail(1, "a quick tunnel needs --url or TUNNEL_URL")
+		}
+		logf("INF", "Thank you for trying Cloudflare Tunnel. Doing so, without a Cloudflare account, is a quick way "+
+			"to experiment and try it out. (This is a test double; see https://www.cloudflare.com/website-terms/ "+
+			"for the real service's terms.)")
+		logf("INF", "Requesting new quick Tunnel on trycloudflare.com...")
+		hostname = "test-double-" + randomHex(4) + ".trycloudflare.com"
+		for _, line := range asciiBox(
+			"Your quick Tunnel has been created! Visit it at (it may take some time to be reachable):",
+			"https://"+hostname,
+		) {
+			logf("INF", "%s", line)
+		}
+	}
+	logf("INF", "Version %s (test double)", version)
+
+	var ready atomic.Int32
+	connectorID := randomHex(16)
+	metrics := http.NewServeMux()
+	metrics.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
+		n := int(ready.Load())
+		status := http.StatusOK
+		if n == 0 {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, map[string]interface{}{"status": status, "readyConnections": n, "connectorId": connectorID})
+	})
+	metrics.HandleFunc("/quicktunnel", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"hostname": hostname})
+	})
+	metrics.HandleFunc("/healthcheck", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "OK\n")
+	})
+	metrics.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, "# HELP cloudflared_tunnel_ha_connections Number of active ha connections\n"+
+			"# TYPE cloudflared_tunnel_ha_connections gauge\ncloudflared_tunnel_ha_connections %d\n"+
+			"# HELP build_info Build and version information\n# TYPE build_info gauge\n"+
+			"build_info{goversion=\"test-double\",revision=\"test-double\",version=%q} 1\n", ready.Load(), version)
+	})
+	metrics.HandleFunc("/test-double/connections", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("ready"))
+		if r.Method != http.MethodPost || err != nil || n < 0 {
+			http.Error(w, "POST /test-double/connections?ready=N with N >= 0", http.StatusBadRequest)
+			return
+		}
+		ready.Store(int32(n))
+		logf("INF", "test double: readyConnections set to %d", n)
+		writeJSON(w, http.StatusOK, map[string]int{"readyConnections": n})
+	})
+	go func() {
+		err := http.ListenAndServe(opts.metrics, metrics)
+		fail(1, "failed to serve metrics on %s: %v", opts.metrics, err)
+	}()
+	logf("INF", "Starting metrics server on %s/metrics", opts.metrics)
+
+	edge := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "test double: a named tunnel's ingress lives in Cloudflare; no origin here", http.StatusBadGateway)
+	}))
+	if opts.origin != "" {
+		origin, err := url.Parse(opts.origin)
+		if err != nil || origin.Host == "" {
+			fail(1, "test double: bad origin %q", opts.origin)
+		}
+		edge = httputil.NewSingleHostReverseProxy(origin)
+	}
+	go func() {
+		err := http.ListenAndServe(edgeListen, edge)
+		fail(1, "test double: failed to serve the edge side on %s: %v", edgeListen, err)
+	}()
+
+	go func() {
+		time.Sleep(connectDelay)
+		for i := 0; i < wantConnections; i++ {
+			logf("INF", "Registered tunnel connection connIndex=%d connection=%s event=0 ip=192.0.2.%d location=test-double protocol=quic",
+				i, randomHex(16), i+1)
+		}
+		ready.Store(int32(wantConnections))
+	}()
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-signals
+	logf("INF", "Initiating graceful shutdown due to signal %s ...", sig)
+}

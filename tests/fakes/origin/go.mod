@@ -1,0 +1,3 @@
+module slimllm.test/fake-origin
+
+go 1.19

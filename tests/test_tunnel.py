@@ -1,0 +1,186 @@
+"""Tunnel URL discovery (slimllm.tunnel) against a real local HTTP server shaped like cloudflared's
+metrics server. The same code against the cloudflared image is in test_sidecars.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from slimllm.cli import main
+from slimllm.tunnel import TunnelError, discover_tunnel_url, url_from_log
+
+HOST = "gentle-river-test-words.trycloudflare.com"
+
+# Log lines as cloudflared prints them (timestamps cut) when it creates a quick tunnel, terms-of-use URL
+# included; the second box stands for a restart.
+LOG = """\
+INF Thank you for trying Cloudflare Tunnel. ... (https://www.cloudflare.com/website-terms/) ...
+INF Requesting new quick Tunnel on trycloudflare.com...
+INF +--------------------------------------------------------------------------------------------+
+INF |  Your quick Tunnel has been created! Visit it at (it may take some time to be reachable):  |
+INF |  https://old-words-before-restart.trycloudflare.com                                        |
+INF +--------------------------------------------------------------------------------------------+
+INF |  https://gentle-river-test-words.trycloudflare.com                                         |
+INF Registered tunnel connection connIndex=0 location=ams01 protocol=quic
+"""
+
+
+class Metrics:
+    """Answers /quicktunnel with `hostname` after `not_before` requests answered 503."""
+
+    def __init__(self, hostname: str, not_before: int = 0, body: str | None = None) -> None:
+        self.hostname = hostname
+        self.not_before = not_before
+        self.body = body
+        self.requests = 0
+
+
+@pytest.fixture
+def metrics() -> Iterator[tuple[str, Metrics]]:
+    state = Metrics(HOST)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            state.requests += 1
+            if self.path != "/quicktunnel":
+                self.send_error(404)
+                return
+            if state.requests <= state.not_before:
+                status, body = 503, b"starting"
+            else:
+                status = 200
+                body = (state.body or json.dumps({"hostname": state.hostname})).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A metrics URL nothing listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_metrics_hostname_becomes_the_https_url(metrics: tuple[str, Metrics]) -> None:
+    url, _ = metrics
+    assert discover_tunnel_url(url, timeout=5) == f"https://{HOST}"
+
+
+def test_metrics_are_asked_again_while_cloudflared_starts(metrics: tuple[str, Metrics]) -> None:
+    url, state = metrics
+    state.not_before = 2
+    assert discover_tunnel_url(url, timeout=10, poll_interval=0.05) == f"https://{HOST}"
+    assert state.requests == 3
+
+
+def test_log_is_the_fallback_and_its_newest_url_wins(closed_port_url: str) -> None:
+    assert discover_tunnel_url(closed_port_url, timeout=0.3, log_text=LOG) == f"https://{HOST}"
+
+
+def test_url_from_log_ignores_other_hosts() -> None:
+    assert url_from_log("see https://www.cloudflare.com/website-terms/ and trycloudflare.com") is None
+    assert url_from_log("https://x.trycloudflare.com.example.org/") is None
+    assert url_from_log("visit https://A-b.trycloudflare.com.") == "https://a-b.trycloudflare.com"
+
+
+def test_no_answer_and_no_log_fails_after_the_timeout(closed_port_url: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(TunnelError, match=r"gave no hostname within 1 s \(ConnectError.*no log was given"):
+        discover_tunnel_url(closed_port_url, timeout=1, poll_interval=0.1)
+    assert 0.8 <= time.monotonic() - start < 5
+
+
+def test_named_tunnel_fails_at_once(metrics: tuple[str, Metrics]) -> None:
+    url, state = metrics
+    state.hostname = ""
+    start = time.monotonic()
+    with pytest.raises(TunnelError, match="runs a named tunnel"):
+        discover_tunnel_url(url, timeout=30, log_text="no url here")
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(json.dumps({"hostname": "evil.example.com"}), id="foreign-host"),
+        pytest.param("not json", id="not-json"),
+        pytest.param(json.dumps(["hostname"]), id="not-an-object"),
+    ],
+)
+def test_answers_that_are_not_a_quick_tunnel_are_rejected(metrics: tuple[str, Metrics], body: str) -> None:
+    url, state = metrics
+    state.body = body
+    with pytest.raises(TunnelError):
+        discover_tunnel_url(url, timeout=0.3, poll_interval=0.1)
+
+
+def test_cli_prints_the_url(metrics: tuple[str, Metrics], capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = metrics
+    assert main(["tunnel", "url", "--metrics", url, "--timeout", "5"]) == 0
+    assert capsys.readouterr().out == f"https://{HOST}\n"
+
+
+def test_cli_reads_the_log_from_env_and_stdin(
+    closed_port_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log_file = tmp_path / "cloudflared.log"
+    log_file.write_text(LOG)
+    monkeypatch.setenv("SLIMLLM_TUNNEL_METRICS", closed_port_url)
+    monkeypatch.setenv("SLIMLLM_TUNNEL_TIMEOUT", "0.2")
+    monkeypatch.setenv("SLIMLLM_TUNNEL_LOG_FILE", str(log_file))
+    assert main(["tunnel", "url"]) == 0
+    assert capsys.readouterr().out == f"https://{HOST}\n"
+
+    monkeypatch.delenv("SLIMLLM_TUNNEL_LOG_FILE")
+    monkeypatch.setattr("sys.stdin", io.StringIO(LOG))
+    assert main(["tunnel", "url", "--log-file", "-"]) == 0
+    assert capsys.readouterr().out == f"https://{HOST}\n"
+
+
+def test_cli_error_is_one_line(closed_port_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tunnel", "url", "--metrics", closed_port_url, "--timeout", "0.2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_cli_sets_the_step_output_on_github(
+    metrics: tuple[str, Metrics], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = metrics
+    output = tmp_path / "github_output"
+    output.touch()
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert main(["tunnel", "url", "--metrics", url]) == 0
+    assert f"\nhttps://{HOST}\n" in output.read_text()
+    assert output.read_text().startswith("tunnel-url<<")
