@@ -32,6 +32,27 @@ base-image: ## Make debian:bookworm-slim available (pull, or build it with deboo
 model: $(PY) ## Place the embedded default model in ./models
 	$(VENV)/bin/slimllm model fetch default --models-dir models
 
+# Hand the host's CA bundle to image builds as a BuildKit secret when there is one (needed behind a
+# TLS-intercepting proxy, harmless elsewhere; never stored in a layer).
+BUILD_CA ?= /etc/ssl/certs/ca-certificates.crt
+BUILD_SECRET = $(if $(wildcard $(BUILD_CA)),--secret id=ca,src=$(BUILD_CA),)
+PLATFORMS ?=
+BUILDX = docker buildx build --load $(BUILD_SECRET) $(if $(PLATFORMS),--platform $(PLATFORMS),)
+PORT ?= 8080
+
+.PHONY: image-inference
+image-inference: ## Build the inference image (slimllm/inference)
+	$(BUILDX) -f app/inference/Dockerfile -t slimllm/inference .
+
+.PHONY: serve
+serve: model image-inference ## Serve the embedded default model on 127.0.0.1:8080 (set PORT to change)
+	docker run --rm --name slimllm-inference -p 127.0.0.1:$(PORT):8080 --read-only --tmpfs /tmp \
+	  -v "$(CURDIR)/models:/models:ro" slimllm/inference
+
+.PHONY: bench
+bench: ## Benchmark the inference image against llama-server (writes bench/results/inference.json)
+	$(PY) bench/inference.py --out bench/results/inference.json
+
 .PHONY: lint
 lint: $(PY) ## Run ruff and mypy
 	$(VENV)/bin/ruff check .
@@ -41,3 +62,100 @@ lint: $(PY) ## Run ruff and mypy
 .PHONY: test
 test: $(PY) ## Run the test suite (needs the Docker engine and base image; see .ci/run)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ------------------------------------------------------------------------------ compose stacks
+# One compose file per stack (DOCKER_ARCHITECTURE.md). The targets that act on "every stack"
+# find the stacks' containers by the label all their services carry, so they also reach a stack
+# started by hand or under another project name; PROJECT=<name> narrows them to one project.
+COMPOSE = docker compose
+# `--wait` returns once every service is healthy, and fails if one is not. A Hugging Face model's
+# first start waits for its download: `make start-phi WAIT=` returns at once instead.
+WAIT ?= --wait
+LOGS_ARGS ?= --follow --tail 100
+HEALTH_ARGS ?=
+PROJECT ?=
+STACK_FILTER = --filter label=io.slimllm.stack $(if $(PROJECT),--filter label=com.docker.compose.project=$(PROJECT))
+# "project file1,file2" for each stack with containers, from the labels compose sets on them.
+STACK_PROJECTS = docker ps -a $(STACK_FILTER) \
+  --format '{{.Label "com.docker.compose.project"}} {{.Label "com.docker.compose.project.config_files"}}' | sort -u
+# Runs `$(COMPOSE) <args>` once per stack, in the stack's own project and files.
+FOR_EACH_STACK = $(STACK_PROJECTS) | { found=; while read -r project files; do found=1; \
+  $(COMPOSE) -p "$$project" -f $${files//,/ -f } --profile tunnel
+# Compose hands the host's CA bundle to pip in image builds (docker-compose.common.yml). On a host
+# without that bundle, hand it none rather than fail; set SLIMLLM_BUILD_CA to use another one.
+ifeq ($(wildcard /etc/ssl/certs/ca-certificates.crt),)
+export SLIMLLM_BUILD_CA ?= /dev/null
+endif
+
+.PHONY: setup
+setup: ## Create .env from .env.example (an existing .env is left as it is)
+	@if [ -e .env ]; then echo ".env exists already; compare it with .env.example"; \
+	else cp .env.example .env && chmod 600 .env && echo "wrote .env: edit it for the tunnel, API key and ports"; fi
+
+.PHONY: build-all
+build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PROFILES=tunnel)
+	$(COMPOSE) -f docker-compose.all.yml build
+
+.PHONY: start-chat
+start-chat: ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
+	$(COMPOSE) -f docker-compose.yml up -d --build $(WAIT)
+
+.PHONY: start-chat-interface
+start-chat-interface: ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
+	$(COMPOSE) -f docker-compose.chat-interface.yml up -d --build $(WAIT)
+
+.PHONY: start-inference
+start-inference: ## Start one inference server for SLIMLLM_PRESET (default: the embedded model)
+	$(COMPOSE) -f docker-compose.inference.yml up -d --build $(WAIT)
+
+.PHONY: start-phi
+start-phi: ## Start Phi-3-mini-4k-instruct on http://127.0.0.1:8081 (downloads 2.4 GB once)
+	$(COMPOSE) -f docker-compose.phi.yml up -d --build $(WAIT)
+
+.PHONY: start-qwen
+start-qwen: ## Start Qwen2.5-3B-Instruct on http://127.0.0.1:8082 (downloads 2.1 GB once)
+	$(COMPOSE) -f docker-compose.qwen.yml up -d --build $(WAIT)
+
+.PHONY: start-llama
+start-llama: ## Start Llama-3.2-3B-Instruct on http://127.0.0.1:8083 (downloads 2.0 GB once)
+	$(COMPOSE) -f docker-compose.llama.yml up -d --build $(WAIT)
+
+.PHONY: start-all
+start-all: ## Start every model behind one chat (downloads about 6.5 GB once)
+	$(COMPOSE) -f docker-compose.all.yml up -d --build $(WAIT)
+
+.PHONY: logs-all
+logs-all: ## Follow the logs of every stack (LOGS_ARGS to change; PROJECT=<name> for one)
+	@$(FOR_EACH_STACK) logs $(LOGS_ARGS) & done; wait; \
+	  [ -n "$$found" ] || echo "no slimllm stack has containers"; }
+
+.PHONY: ps
+ps: ## List the stacks' containers, their state and health
+	@docker ps -a $(STACK_FILTER) --format 'table {{.Label "com.docker.compose.project"}}\t{{.Label "com.docker.compose.service"}}\t{{.Status}}\t{{.Ports}}'
+
+.PHONY: stats
+stats: ## CPU, memory and process use of the stacks' running containers, once
+	@ids=$$(docker ps -q $(STACK_FILTER)); \
+	if [ -z "$$ids" ]; then echo "no slimllm container is running"; \
+	else docker stats --no-stream --format 'table {{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.PIDs}}' $$ids; fi
+
+.PHONY: health
+health: $(PY) ## Health table of every running stack's published services (slimllm report health)
+	@targets=$$(docker ps $(STACK_FILTER) --filter label=io.slimllm.health-url \
+	  --format '{{.Label "com.docker.compose.project"}}/{{.Label "com.docker.compose.service"}}={{.Label "io.slimllm.health-url"}}'); \
+	if [ -z "$$targets" ]; then echo "no slimllm stack is running (make start-chat starts one)" >&2; exit 1; fi; \
+	SLIMLLM_HEALTH_TARGETS="$$targets" $(VENV)/bin/slimllm report health $(HEALTH_ARGS)
+
+.PHONY: tunnel-url
+tunnel-url: $(PY) ## Print the public URL of each running quick tunnel (COMPOSE_PROFILES=tunnel)
+	@ids=$$(docker ps -q $(STACK_FILTER) --filter label=com.docker.compose.service=tunnel); \
+	if [ -z "$$ids" ]; then echo "no tunnel is running: set COMPOSE_PROFILES=tunnel in .env and start a stack" >&2; exit 1; fi; \
+	for id in $$ids; do docker logs "$$id" 2>&1 | $(VENV)/bin/slimllm tunnel url --log-file - --timeout 1 || exit 1; done
+
+.PHONY: stop-all
+stop-all: ## Stop and remove every stack's containers and networks (models and images stay)
+	@$(FOR_EACH_STACK) down --remove-orphans; done; true; }
+
+.PHONY: clean
+clean: stop-all ## stop-all, then delete the models volume and the images the stacks built
+	$(COMPOSE) -f docker-compose.all.yml --profile tunnel down --volumes --rmi all --remove-orphans

@@ -121,6 +121,7 @@ def stream_once(url: str, tokens: int) -> dict[str, float]:
         "prompt": f"[{uuid.uuid4().hex}] {PROMPT}",
         "max_tokens": tokens,
         "temperature": 0,
+        "ignore_eos": True,
         "stream": True,
         "cache_prompt": False,
     }

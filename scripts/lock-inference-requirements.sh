@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates app/inference/requirements.txt (pinned, with sha256 hashes for every platform).
-# numpy and diskcache, which llama-cpp-python declares for its high-level API, are dropped: the
-# image installs with --no-deps and the server never imports that layer.
+# The image installs with --no-deps, so what is dropped here is never installed:
+# - numpy and diskcache: llama-cpp-python's high-level API needs them; the server uses only the
+#   ctypes binding (src/slimllm/inference/binding.py);
+# - hf-xet and fsspec: huggingface_hub downloads over plain HTTP without them (xet is an optional
+#   transfer backend, fsspec serves HfFileSystem), and together they are 13 MB.
 set -euo pipefail
 cd "$(dirname "$0")/../app/inference"
 pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
@@ -12,7 +15,7 @@ from pathlib import Path
 
 path = Path("requirements.txt")
 blocks = re.split(r"(?m)^(?=[a-z0-9])", path.read_text())
-dropped = {"numpy", "diskcache"}
+dropped = {"numpy", "diskcache", "hf-xet", "fsspec"}
 kept = [b for b in blocks if b.split("==", 1)[0].strip() not in dropped]
 path.write_text("".join(kept))
 PY

@@ -69,6 +69,7 @@ def run_server(
     *,
     wait: bool = True,
     network_host_port: int | None = None,
+    models_mode: str = "ro",
 ) -> Iterator[Server]:
     kwargs: dict[str, Any] = {}
     if network_host_port is not None:
@@ -81,7 +82,7 @@ def run_server(
         detach=True,
         name=f"slimllm-inference-{RUN_ID}-{uuid.uuid4().hex[:4]}",
         environment={"SLIMLLM_THREADS": "2", **(env or {})},
-        volumes={str(models): {"bind": "/models", "mode": "ro"}},
+        volumes={str(models): {"bind": "/models", "mode": models_mode}},
         read_only=True,
         tmpfs={"/tmp": ""},
         **kwargs,
@@ -318,7 +319,10 @@ def test_health_and_metrics_answer_during_generation(server: Server) -> None:
     done = threading.Event()
 
     def generate() -> None:
-        server.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0.7})
+        server.post(
+            "/v1/completions",
+            {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0.7, "ignore_eos": True},
+        )
         done.set()
 
     worker = threading.Thread(target=generate)
@@ -339,7 +343,13 @@ def test_health_and_metrics_answer_during_generation(server: Server) -> None:
 
 
 def test_disconnect_stops_generation(server: Server) -> None:
-    body = {"prompt": "Once upon a time", "max_tokens": 3000, "temperature": 0.7, "stream": True}
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": 3000,
+        "temperature": 0.7,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as response:
         for i, _ in enumerate(sse_events(response)):
             if i == 3:
@@ -373,7 +383,13 @@ def test_queue_bound_gives_503_with_retry_after(
     docker_client: Any, inference_image: Any, default_model: Path
 ) -> None:
     with run_server(docker_client, inference_image, default_model.parent, {"SLIMLLM_QUEUE_SIZE": "0"}) as srv:
-        long = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0.7, "stream": True}
+        long = {
+            "prompt": "Once upon a time",
+            "max_tokens": 400,
+            "temperature": 0.7,
+            "ignore_eos": True,
+            "stream": True,
+        }
         with httpx.stream("POST", srv.url + "/v1/completions", json=long, timeout=60) as busy:
             next(sse_events(busy))
             refused = srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})
@@ -388,7 +404,13 @@ def test_sigterm_drains_in_flight_stream(
     with run_server(
         docker_client, inference_image, default_model.parent, {"SLIMLLM_SHUTDOWN_GRACE": "60"}
     ) as srv:
-        body = {"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0.7, "stream": True}
+        body = {
+            "prompt": "Once upon a time",
+            "max_tokens": 120,
+            "temperature": 0.7,
+            "ignore_eos": True,
+            "stream": True,
+        }
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120) as response:
             events = sse_events(response)
             first = next(events)
@@ -416,13 +438,11 @@ def test_health_says_loading_while_the_model_downloads(
             "SLIMLLM_MODEL_FILE": "gemma.gguf",
             "SLIMLLM_CHAT_FORMAT": "gemma",
             "HF_ENDPOINT": hub,
-            "HF_HUB_DISABLE_XET": "1",
             "HF_HOME": "/tmp/hf",
         }
         with run_server(
-            docker_client, inference_image, models, env, wait=False, network_host_port=port
+            docker_client, inference_image, models, env, wait=False, network_host_port=port, models_mode="rw"
         ) as srv:
-            srv.container.reload()
             wait_for_http(srv.url + "/health", expect=503, timeout=30)
             assert srv.get("/health").json() == {"status": "loading"}
             assert srv.get("/v1/models").status_code == 503
@@ -475,3 +495,79 @@ def test_bad_model_stops_the_server_with_one_line(
     errors = [line for line in logs.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], logs
     assert "Traceback" not in logs
+
+
+# -- continuous batching: several requests decoded together --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batched(docker_client: Any, inference_image: Any, default_model: Path) -> Iterator[Server]:
+    with run_server(docker_client, inference_image, default_model.parent, {"SLIMLLM_SLOTS": "4"}) as running:
+        yield running
+
+
+def stream_text(url: str, body: dict[str, Any]) -> str:
+    with httpx.stream(
+        "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=300
+    ) as response:
+        assert response.status_code == 200, response.read()
+        events = list(sse_events(response))
+    assert events[-1] == "[DONE]"
+    return "".join(e["choices"][0]["text"] for e in events[:-1])
+
+
+def test_concurrent_streams_are_independent_and_match_solo_runs(batched: Server) -> None:
+    prompts = [f"Question {i}: what is {i} plus {i}? Answer:" for i in range(8)]
+    bodies = [{"prompt": p, "max_tokens": 12, "temperature": 0} for p in prompts]
+    solo = [batched.post("/v1/completions", b).json()["choices"][0]["text"] for b in bodies]
+    results: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        results[i] = stream_text(batched.url, bodies[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    busy_seen = 0.0
+    while any(t.is_alive() for t in threads):
+        busy_seen = max(busy_seen, batched.metric('slimllm_slots{state="busy"}'))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert [results[i] for i in range(8)] == solo
+    assert busy_seen >= 2, "requests were never decoded together"
+    assert batched.metric("llamacpp:n_busy_slots_per_decode") > 1
+
+
+def test_cancelled_stream_frees_its_slot(
+    docker_client: Any, inference_image: Any, default_model: Path
+) -> None:
+    env = {"SLIMLLM_SLOTS": "1", "SLIMLLM_QUEUE_SIZE": "4"}
+    with run_server(docker_client, inference_image, default_model.parent, env) as srv:
+        long = {
+            "prompt": "Once upon a time",
+            "max_tokens": 3000,
+            "temperature": 0.7,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        waiting: dict[str, Any] = {}
+
+        def queued() -> None:
+            started = time.monotonic()
+            waiting["text"] = stream_text(srv.url, {"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+            waiting["seconds"] = time.monotonic() - started
+
+        with httpx.stream("POST", srv.url + "/v1/completions", json=long, timeout=60) as first:
+            events = sse_events(first)
+            next(events)
+            follower = threading.Thread(target=queued)
+            follower.start()
+            deadline = time.monotonic() + 10
+            while srv.metric("llamacpp:requests_deferred") < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srv.metric("llamacpp:requests_deferred") == 1
+        # Leaving the `with` closed the first stream: its slot must go to the waiting request.
+        follower.join(30)
+        assert not follower.is_alive() and waiting["text"]
+        assert srv.metric('slimllm_slots{state="busy"}') == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from slimllm import __version__, gha
+from slimllm.chat.server import chat_interface
 from slimllm.errors import UserError
 from slimllm.inference.server import serve
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
@@ -97,6 +98,7 @@ def model_fetch(
 cli.add_command(serve)
 cli.add_command(report)
 cli.add_command(tunnel_cli)
+cli.add_command(chat_interface)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

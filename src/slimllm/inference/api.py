@@ -155,6 +155,7 @@ def _sampling(body: dict[str, Any]) -> Sampling:
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         seed=_integer(body, "seed", None, -(2**63), 2**64),
+        ignore_eos=_flag(body, "ignore_eos"),
     )
 
 

@@ -54,6 +54,8 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # llama-server's extension: never end on an end-of-generation token (benchmarks, fixed lengths).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Engine:
         self.last_progress = time.monotonic()
         self.busy = False
         self._pending: queue.Queue[Job] = queue.Queue()
+        self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,6 +141,7 @@ class Engine:
         self._slots = [_Slot(i) for i in range(self.slots_count)]
         self._batch = self._lib.llama_batch_init(max(self.batch_size, self.slots_count), 0, self.slots_count)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._eog: list[int] | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -263,10 +267,11 @@ class Engine:
     # -- requests ----------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Queue a job. Raises QueueFull when `queue_size` requests are already waiting."""
-        if self._pending.qsize() >= self.queue_size:
-            raise QueueFull
-        self._pending.put(job)
+        """Queue a job. Raises QueueFull when every slot is busy and `queue_size` requests wait."""
+        with self._submit_lock:
+            if self._pending.qsize() + self.active >= self.slots_count + self.queue_size:
+                raise QueueFull
+            self._pending.put(job)
         self._wake.set()
 
     @property
@@ -342,6 +347,15 @@ class Engine:
     def _make_sampler(self, s: Sampling) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if s.ignore_eos:
+            # As llama-server does: a -inf bias on every end-of-generation token.
+            eog = self._eog_tokens()
+            biases = (lib.llama_logit_bias * len(eog))()
+            for entry, token in zip(biases, eog, strict=True):
+                entry.token, entry.bias = token, float("-inf")
+            lib.llama_sampler_chain_add(
+                chain, lib.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases)
+            )
         if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
             lib.llama_sampler_chain_add(
                 chain,
@@ -360,6 +374,11 @@ class Engine:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(s.temperature))
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
+
+    def _eog_tokens(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self._lib.llama_vocab_is_eog(self._vocab, t)]
+        return self._eog
 
     def _step(self) -> None:
         lib = self._lib
