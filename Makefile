@@ -75,12 +75,16 @@ LOGS_ARGS ?= --follow --tail 100
 HEALTH_ARGS ?=
 PROJECT ?=
 STACK_FILTER = --filter label=io.slimllm.stack $(if $(PROJECT),--filter label=com.docker.compose.project=$(PROJECT))
-# "project file1,file2" for each stack with containers, from the labels compose sets on them.
+# "project file1,file2" for each stack with containers, from the labels compose sets on them (one
+# line per project: the files of any of its containers name all its services).
 STACK_PROJECTS = docker ps -a $(STACK_FILTER) \
-  --format '{{.Label "com.docker.compose.project"}} {{.Label "com.docker.compose.project.config_files"}}' | sort -u
-# Runs `$(COMPOSE) <args>` once per stack, in the stack's own project and files.
-FOR_EACH_STACK = $(STACK_PROJECTS) | { found=; while read -r project files; do found=1; \
-  $(COMPOSE) -p "$$project" -f $${files//,/ -f } --profile tunnel
+  --format '{{.Label "com.docker.compose.project"}} {{.Label "com.docker.compose.project.config_files"}}' | sort -u -k1,1
+# Runs `$(COMPOSE) <args>` for every stack at once, each in its own project and files; fails if
+# one of them fails.
+for_each_stack = $(STACK_PROJECTS) | { pids=; while read -r project files; do \
+  $(COMPOSE) -p "$$project" -f $${files//,/ -f } --profile tunnel $(1) & pids="$$pids $$!"; done; \
+  [ -n "$$pids" ] || echo "no slimllm stack has containers"; \
+  status=0; for pid in $$pids; do wait "$$pid" || status=1; done; exit "$$status"; }
 # Compose hands the host's CA bundle to pip in image builds (docker-compose.common.yml). On a host
 # without that bundle, hand it none rather than fail; set SLIMLLM_BUILD_CA to use another one.
 ifeq ($(wildcard /etc/ssl/certs/ca-certificates.crt),)
@@ -100,8 +104,8 @@ build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PR
 start-chat: ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
 	$(COMPOSE) -f docker-compose.yml up -d --build $(WAIT)
 
-.PHONY: start-chat-interface
-start-chat-interface: ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
+.PHONY: start-chat-ui
+start-chat-ui: ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
 	$(COMPOSE) -f docker-compose.chat-interface.yml up -d --build $(WAIT)
 
 .PHONY: start-inference
@@ -126,8 +130,7 @@ start-all: ## Start every model behind one chat (downloads about 6.5 GB once)
 
 .PHONY: logs-all
 logs-all: ## Follow the logs of every stack (LOGS_ARGS to change; PROJECT=<name> for one)
-	@$(FOR_EACH_STACK) logs $(LOGS_ARGS) & done; wait; \
-	  [ -n "$$found" ] || echo "no slimllm stack has containers"; }
+	@$(call for_each_stack,logs $(LOGS_ARGS))
 
 .PHONY: ps
 ps: ## List the stacks' containers, their state and health
@@ -154,7 +157,7 @@ tunnel-url: $(PY) ## Print the public URL of each running quick tunnel (COMPOSE_
 
 .PHONY: stop-all
 stop-all: ## Stop and remove every stack's containers and networks (models and images stay)
-	@$(FOR_EACH_STACK) down --remove-orphans; done; true; }
+	@$(call for_each_stack,down --remove-orphans)
 
 .PHONY: clean
 clean: stop-all ## stop-all, then delete the models volume and the images the stacks built

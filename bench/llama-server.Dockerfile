@@ -17,7 +17,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     awk '/^llama-cpp-python==/{p=1} p{print} p&&!/\\$/{exit}' /tmp/requirements.txt > /tmp/llama.txt; \
-    pip3 download --break-system-packages --no-deps --no-binary :all: --require-hashes -r /tmp/llama.txt -d /tmp/sdist; \
+    pip3 download --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/llama.txt -d /tmp/sdist; \
     mkdir /src && tar -xzf /tmp/sdist/llama_cpp_python-*.tar.gz -C /src --strip-components=1
 WORKDIR /src/vendor/llama.cpp
 # ${cpu} is a list of flags: it is split on purpose.

@@ -32,9 +32,7 @@ class FakeHub:
 
 
 @contextmanager
-def serve_hub(
-    files: dict[str, bytes], *, download_seconds: float = 0.0
-) -> Iterator[tuple[str, FakeHub]]:
+def serve_hub(files: dict[str, bytes], *, download_seconds: float = 0.0) -> Iterator[tuple[str, FakeHub]]:
     """Serve `files`; `download_seconds` spreads each GET body over that much time."""
     hub = FakeHub(files)
 

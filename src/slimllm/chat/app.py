@@ -1,0 +1,547 @@
+"""The chat interface's ASGI app.
+
+Routes: the page (`/`, `/static/...`), a status page (`/status`), `GET /api/models`,
+`POST /api/chat/stream` (one SSE stream carrying several models' answers), an OpenAI-compatible
+gateway (`GET /v1/models`, `POST /v1/chat/completions`, where `model` picks the backend),
+`GET /health` and shields.io endpoint badges (`GET /api/badge/{model}`).
+
+Model output reaches the browser only as JSON strings in SSE events; the page turns them into DOM
+text nodes (static/markdown.js), and a strict Content-Security-Policy forbids inline script, so a
+reply containing HTML or script stays text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from slimllm.chat.backends import (
+    Model,
+    NoInstance,
+    Registry,
+    Upstream,
+    UpstreamStatus,
+    describe,
+    error_message,
+    sse_data,
+)
+
+log = logging.getLogger("slimllm.chat")
+
+STATIC = Path(__file__).parent / "static"
+ROLES = {"system", "user", "assistant"}
+# Keys of a streaming API request that are the chat service's own; every other key (max_tokens,
+# temperature, ...) goes to each backend as given.
+OWN_KEYS = frozenset({"models", "messages", "history", "model", "stream", "stream_options"})
+MAX_MODELS = 8
+# Headers of a backend's answer that the gateway passes on.
+PASSED_HEADERS = ("retry-after", "x-request-id")
+
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+BADGE_COLOURS = {"up": "brightgreen", "loading": "yellow", "down": "red", "unknown": "lightgrey"}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await registry.start()
+        try:
+            yield
+        finally:
+            await registry.stop()
+
+    def model_or_404(name: object, param: str) -> Model:
+        model = registry.get(name)
+        if model is None:
+            offered = ", ".join(registry.models)
+            raise ApiError(
+                404,
+                f"the model '{name}' does not exist; this service offers: {offered}",
+                param=param,
+                code="model_not_found",
+            )
+        return model
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def health(request: Request) -> Response:
+        statuses = {m.name: m.status for m in registry.models.values()}
+        overall = "ok" if "up" in statuses.values() else "degraded"
+        return JSONResponse({"status": overall, "models": statuses})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "poll_interval": registry.poll_interval,
+                "models": [m.public() for m in registry.models.values()],
+            }
+        )
+
+    async def badge(request: Request) -> Response:
+        name = request.path_params["model"]
+        model = registry.get(name)
+        if model is None:
+            body = {"schemaVersion": 1, "label": name, "message": "unknown model", "isError": True}
+            return JSONResponse({**body, "color": "lightgrey"}, status_code=404)
+        return JSONResponse(
+            {
+                "schemaVersion": 1,
+                "label": model.name,
+                "message": badge_message(model),
+                "color": BADGE_COLOURS[model.status],
+            },
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def status_page(request: Request) -> Response:
+        return HTMLResponse(render_status(registry))
+
+    async def chat_stream(request: Request) -> Response:
+        body = await json_body(request)
+        names = body.get("models")
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise ApiError(400, "'models' must be a non-empty list of distinct model names", param="models")
+        if len(names) > MAX_MODELS:
+            raise ApiError(400, f"at most {MAX_MODELS} models per request", param="models")
+        chosen = [model_or_404(n, "models") for n in names]
+        messages = check_messages(body.get("messages"), "messages", required=True)
+        history = body.get("history") or {}
+        if not isinstance(history, dict) or not set(history) <= set(names):
+            raise ApiError(
+                400, "'history' must map names from 'models' to lists of messages", param="history"
+            )
+        jobs = [
+            (m, [*check_messages(history.get(m.name), f"history.{m.name}", required=False), *messages])
+            for m in chosen
+        ]
+        params = {k: v for k, v in body.items() if k not in OWN_KEYS}
+        return EventSourceResponse(
+            multiplex(registry, jobs, params),
+            ping=keepalive,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def openai_models(request: Request) -> Response:
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "slimllm", "status": m.status}
+            for m in registry.models.values()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def openai_chat(request: Request) -> Response:
+        body = await json_body(request)
+        if body.get("model") is None:
+            raise ApiError(
+                400,
+                f"'model' is required; this service offers: {', '.join(registry.models)}",
+                param="model",
+                code="missing_model",
+            )
+        model = model_or_404(body.get("model"), "model")
+        try:
+            upstream = await registry.connect(model, "/v1/chat/completions", body)
+        except NoInstance as exc:
+            raise ApiError(
+                503,
+                str(exc),
+                code="model_unavailable",
+                kind="unavailable_error",
+                headers={"Retry-After": str(max(1, round(registry.poll_interval)))},
+            ) from None
+        except UpstreamStatus as exc:
+            return Response(
+                exc.body,
+                status_code=exc.status,
+                media_type=exc.headers.get("content-type"),
+                headers=passed_headers(exc.headers),
+            )
+        except httpx.TimeoutException:
+            raise ApiError(504, f"'{model.name}' did not answer in time", kind="timeout_error") from None
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"'{model.name}' failed: {describe(exc)}", kind="upstream_error") from None
+        response = upstream.response
+        headers = passed_headers(response.headers)
+        media_type = response.headers.get("content-type")
+        if body.get("stream") is True and response.status_code == 200:
+            return StreamingResponse(relay(upstream), media_type=media_type, headers=headers)
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"'{model.name}' failed: {describe(exc)}", kind="upstream_error") from None
+        finally:
+            await upstream.close()
+        return Response(content, status_code=response.status_code, media_type=media_type, headers=headers)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind=kind).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return ApiError(500, "internal server error", kind="server_error").response()
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/status", status_page, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/api/models", models, methods=["GET"]),
+        Route("/api/badge/{model}", badge, methods=["GET"]),
+        Route("/api/chat/stream", chat_stream, methods=["POST"]),
+        Route("/v1/models", openai_models, methods=["GET"]),
+        Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        middleware=[Middleware(SecurityHeaders)],
+    )
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def check_messages(value: object, where: str, *, required: bool) -> list[dict[str, str]]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or (required and not value):
+        adjective = "a non-empty" if required else "a"
+        raise ApiError(400, f"'{where}' must be {adjective} list of messages", param=where)
+    out = []
+    for i, message in enumerate(value):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ApiError(
+                400,
+                f"'{where}[{i}]' must be an object with 'role' (system, user or assistant) and "
+                "'content' (a string)",
+                param=f"{where}[{i}]",
+            )
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def passed_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in PASSED_HEADERS if name in headers}
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _rate(tokens: int, first: float | None, last: float | None) -> float | None:
+    """Decode speed: the tokens after the first over the time after the first."""
+    if first is None or last is None or tokens < 2 or last <= first:
+        return None
+    return round((tokens - 1) / (last - first), 1)
+
+
+async def relay(upstream: Upstream) -> AsyncIterator[bytes]:
+    """The gateway's stream: the backend's SSE bytes as they come."""
+    try:
+        async for chunk in upstream.response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        # The status line is sent already: end the stream the way an OpenAI server reports a
+        # failure mid-stream, with an error object.
+        error = {"message": f"the backend failed: {describe(exc)}", "type": "upstream_error"}
+        yield f"data: {json.dumps({'error': {**error, 'param': None, 'code': None}})}\n\n".encode()
+    finally:
+        await upstream.close()
+
+
+async def stream_model(
+    registry: Registry, model: Model, messages: list[dict[str, str]], params: dict[str, Any], emit: Emit
+) -> str:
+    """Stream one model's answer as start/token/done events (or one error event); the outcome."""
+    start = time.monotonic()
+    body = {**params, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
+
+    def fail(message: str, code: str, **extra: Any) -> str:
+        emit("error", {"model": model.name, "message": message, "code": code, **extra})
+        return "error"
+
+    try:
+        async with asyncio.timeout(registry.request_timeout):
+            upstream = await registry.connect(model, "/v1/chat/completions", body)
+            try:
+                response = upstream.response
+                if response.status_code != 200:
+                    content = await response.aread()
+                    message = error_message(response.status_code, content)
+                    return fail(message, "upstream_error", status=response.status_code)
+                emit(
+                    "start",
+                    {
+                        "model": model.name,
+                        "instance": upstream.instance.index,
+                        "instances": len(model.instances),
+                    },
+                )
+                first: float | None = None
+                last: float | None = None
+                count = 0
+                usage: dict[str, Any] = {}
+                finish: str | None = None
+                async for data in sse_data(response):
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        return fail("the backend sent an event that is not JSON", "upstream_error")
+                    if not isinstance(chunk, dict):
+                        continue
+                    if "error" in chunk:
+                        error = chunk["error"]
+                        text = error.get("message") if isinstance(error, dict) else None
+                        return fail(str(text or error), "upstream_error")
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        if not isinstance(choice, dict):
+                            continue
+                        delta = choice.get("delta")
+                        text = delta.get("content") if isinstance(delta, dict) else None
+                        if isinstance(text, str) and text:
+                            now = time.monotonic()
+                            event: dict[str, Any] = {"model": model.name, "text": text}
+                            if first is None:
+                                first = now
+                                event["ttft_ms"] = _ms(now - start)
+                            last = now
+                            count += 1
+                            emit("token", event)
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+                tokens = usage.get("completion_tokens")
+                if not isinstance(tokens, int):
+                    tokens = count
+                emit(
+                    "done",
+                    {
+                        "model": model.name,
+                        "finish_reason": finish,
+                        "tokens": tokens,
+                        "ttft_ms": _ms(first - start) if first is not None else None,
+                        "tok_per_s": _rate(tokens, first, last),
+                        "elapsed_ms": _ms(time.monotonic() - start),
+                        "instance": upstream.instance.index,
+                    },
+                )
+                return "done"
+            finally:
+                await upstream.close()
+    except NoInstance as exc:
+        return fail(str(exc), "model_down")
+    except UpstreamStatus as exc:
+        return fail(error_message(exc.status, exc.body), "upstream_error", status=exc.status)
+    except TimeoutError:
+        return fail(f"no complete answer within {registry.request_timeout:g} s", "timeout")
+    except httpx.HTTPError as exc:
+        return fail(f"the backend failed: {describe(exc)}", "upstream_error")
+
+
+async def multiplex(
+    registry: Registry, jobs: list[tuple[Model, list[dict[str, str]]]], params: dict[str, Any]
+) -> AsyncIterator[ServerSentEvent]:
+    """All models' events in one stream, as they come, then one `final` event.
+
+    Each model streams in its own task. When the client goes away, sse-starlette cancels this
+    generator, which cancels the tasks; they close their backend connections, and the backends
+    stop generating.
+    """
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+    start = time.monotonic()
+
+    def emit(event: str, data: dict[str, Any]) -> None:
+        queue.put_nowait((event, data))
+
+    async def run(model: Model, messages: list[dict[str, str]]) -> None:
+        outcome = "error"
+        try:
+            outcome = await stream_model(registry, model, messages, params, emit)
+        except Exception:  # a bug: this model fails, the others go on
+            log.exception("streaming %s failed", model.name)
+            emit("error", {"model": model.name, "message": "internal error", "code": "internal_error"})
+        finally:
+            emit("_end", {"model": model.name, "outcome": outcome})
+
+    tasks = [asyncio.create_task(run(m, msgs), name=f"chat-{m.name}") for m, msgs in jobs]
+    outcomes: dict[str, str] = {}
+    try:
+        while len(outcomes) < len(tasks):
+            event, data = await queue.get()
+            if event == "_end":
+                outcomes[data["model"]] = data["outcome"]
+                continue
+            yield ServerSentEvent(data=json.dumps(data), event=event)
+        final = {
+            "models": {m.name: outcomes[m.name] for m, _ in jobs},
+            "elapsed_ms": _ms(time.monotonic() - start),
+        }
+        yield ServerSentEvent(data=json.dumps(final), event="final")
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def badge_message(model: Model) -> str:
+    status = model.status
+    if status != "up":
+        return status
+    ok = sum(1 for i in model.instances if i.state == "ok")
+    parts = ["up"]
+    if ok < len(model.instances):
+        parts.append(f"{ok}/{len(model.instances)}")
+    message = " ".join(parts)
+    return message if model.latency_ms is None else f"{message} · {model.latency_ms:.0f} ms"
+
+
+def render_status(registry: Registry) -> str:
+    now = time.time()
+    rows = []
+    for model in registry.models.values():
+        for instance in model.instances:
+            checked = "never" if instance.checked_at is None else f"{now - instance.checked_at:.0f} s ago"
+            latency = "" if instance.latency_ms is None else f"{instance.latency_ms:.0f} ms"
+            rows.append(
+                "<tr>"
+                f'<td>{html.escape(model.name)}</td><td class="status {model.status}">{model.status}</td>'
+                f"<td>{instance.index}</td>"
+                f'<td class="status {instance.state}">{instance.state}</td>'
+                f"<td>{latency}</td><td>{instance.in_flight}</td><td>{checked}</td>"
+                f"<td>{html.escape(instance.reason or '')}</td>"
+                "</tr>"
+            )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{max(2, round(registry.poll_interval))}">
+<title>slimllm chat: status</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/static/style.css">
+</head>
+<body class="status-page">
+<header><h1>slimllm chat: status</h1><nav><a href="/">chat</a></nav></header>
+<main>
+<table>
+<thead><tr><th>model</th><th>model status</th><th>instance</th><th>instance status</th>
+<th>latency</th><th>in flight</th><th>checked</th><th>reason</th></tr></thead>
+<tbody>
+{"".join(rows)}
+</tbody>
+</table>
+<p>Health is checked every {registry.poll_interval:g} s. Badges: <code>/api/badge/&lt;model&gt;</code>
+(a shields.io endpoint).</p>
+</main>
+</body>
+</html>
+"""
+
+
+class SecurityHeaders:
+    """Adds the Content-Security-Policy and friends to every response, streams included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
