@@ -522,25 +522,25 @@ def stream_text(url: str, body: dict[str, Any]) -> str:
     return "".join(e["choices"][0]["text"] for e in events[:-1])
 
 
-# Greedy continuations of these prompts do not change when they are decoded in a batch with
-# others on this build. For many prompts they do: a batch of several sequences changes the order
-# of floating-point sums in llama.cpp's kernels, and a near-tie between two tokens can flip (as it
-# does with llama-server). Stable prompts make any cross-talk between slots show as a difference.
+# Sequences whose continuation the model is sure of. Many prompts are not: a batch of several
+# sequences changes the order of floating-point sums in llama.cpp's kernels, so a near-tie between
+# two tokens can flip between a solo and a batched run (as with llama-server). With these, any
+# difference between solo and batched output means the slots leaked into each other.
 STABLE_PROMPTS = [
-    "Water boils at",
-    "The largest planet is",
-    "The opposite of hot is",
-    "The color of the sky is",
-    "Paris is in",
-    "Ice is frozen",
-    "A triangle has",
-    "Fish live in",
+    "1, 2, 3, 4, 5,",
+    "2, 4, 6, 8, 10,",
+    "10, 20, 30, 40,",
+    "1, 3, 5, 7, 9,",
+    "Monday, Tuesday, Wednesday,",
+    "January, February, March,",
+    "5, 10, 15, 20,",
+    "100, 200, 300,",
 ]
 
 
 def test_concurrent_streams_are_independent_and_match_solo_runs(batched: Server) -> None:
     prompts = STABLE_PROMPTS
-    bodies = [{"prompt": p, "max_tokens": 12, "temperature": 0, "ignore_eos": True} for p in prompts]
+    bodies = [{"prompt": p, "max_tokens": 8, "temperature": 0, "ignore_eos": True} for p in prompts]
     solo = [batched.post("/v1/completions", b).json()["choices"][0]["text"] for b in bodies]
     results: dict[int, str] = {}
 
