@@ -43,6 +43,7 @@ from slimllm.chat.backends import (
     error_message,
     sse_data,
 )
+from slimllm.openai_errors import ApiError
 
 log = logging.getLogger("slimllm.chat")
 
@@ -68,28 +69,6 @@ SECURITY_HEADERS = [
 ]
 
 BADGE_COLOURS = {"up": "brightgreen", "loading": "yellow", "down": "red", "unknown": "lightgrey"}
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:

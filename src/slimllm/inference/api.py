@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from slimllm.inference.chat import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
 from slimllm.model import ModelError
+from slimllm.openai_errors import ApiError
 
 log = logging.getLogger("slimllm.inference")
 
@@ -53,26 +54,6 @@ class Settings:
     api_key: str | None = None
     request_timeout: float = 600.0
     keepalive_seconds: float = 15.0
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class ServerState:
