@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ApiError(Exception):
@@ -25,3 +32,23 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def exception_handlers(log: logging.Logger) -> dict[type[Exception], Handler]:
+    """Starlette handlers that answer every error, ours, routing's and bugs', in OpenAI's shape."""
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind=kind).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the log, never to the client.
+        log.exception("unhandled error on %s", request.url.path)
+        return ApiError(500, "internal server error", kind="server_error").response()
+
+    return {ApiError: api_error, HTTPException: http_error, Exception: server_error}

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -43,7 +42,7 @@ from slimllm.chat.backends import (
     error_message,
     sse_data,
 )
-from slimllm.openai_errors import ApiError
+from slimllm.openai_errors import ApiError, exception_handlers
 
 log = logging.getLogger("slimllm.chat")
 
@@ -208,19 +207,6 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
             await upstream.close()
         return Response(content, status_code=response.status_code, media_type=media_type, headers=headers)
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, str(exc.detail), kind=kind).response()
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return ApiError(500, "internal server error", kind="server_error").response()
-
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/status", status_page, methods=["GET"]),
@@ -235,7 +221,7 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers=exception_handlers(log),
         middleware=[Middleware(SecurityHeaders)],
     )
 

@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sse_starlette.sse import AppStatus, EventSourceResponse
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from slimllm.inference.chat import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
 from slimllm.model import ModelError
-from slimllm.openai_errors import ApiError
+from slimllm.openai_errors import ApiError, exception_handlers
 
 log = logging.getLogger("slimllm.inference")
 
@@ -385,19 +384,6 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=False)
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, str(exc.detail), kind=kind).response()
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return ApiError(500, "internal server error", kind="server_error").response()
-
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -408,7 +394,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers=exception_handlers(log),
         middleware=[Middleware(_Guard, api_key=settings.api_key, counter=http_requests)],
     )
 
