@@ -549,18 +549,11 @@ class _Reply:
 
 async def _next_event(events: asyncio.Queue[Event], deadline: float) -> Event | None:
     """The next event, ("idle", None) after 0.5 s without one, or None past the deadline."""
-    # Once per token: no task or timer when an event is already waiting, and asyncio.timeout
-    # (a timer) rather than wait_for (a task per call) when one is not.
-    try:
-        return events.get_nowait()
-    except asyncio.QueueEmpty:
-        pass
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return None
     try:
-        async with asyncio.timeout(min(remaining, 0.5)):
-            return await events.get()
+        return await asyncio.wait_for(events.get(), timeout=min(remaining, 0.5))
     except TimeoutError:
         return ("idle", None)
 
