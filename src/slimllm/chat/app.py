@@ -42,7 +42,7 @@ from slimllm.chat.backends import (
     error_message,
     sse_data,
 )
-from slimllm.openai_errors import ApiError, exception_handlers
+from slimllm.openai_errors import ApiError, exception_handlers, json_body
 
 log = logging.getLogger("slimllm.chat")
 
@@ -227,17 +227,6 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
 
 
 # -- requests --------------------------------------------------------------------------------
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def check_messages(value: object, where: str, *, required: bool) -> list[dict[str, str]]:

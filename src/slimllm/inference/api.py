@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from slimllm.inference.chat import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
 from slimllm.model import ModelError
-from slimllm.openai_errors import ApiError, exception_handlers
+from slimllm.openai_errors import ApiError, exception_handlers, json_body
 
 log = logging.getLogger("slimllm.inference")
 
@@ -144,17 +144,6 @@ def _reject_unsupported(body: dict[str, Any], names: dict[str, Any]) -> None:
         value = body.get(name)
         if value is not None and value != neutral:
             raise ApiError(400, f"'{name}' is not supported by this server", param=name, code="unsupported")
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -352,7 +341,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
 
     async def completion_endpoint(request: Request, *, chat: bool) -> Response:
         engine = state.require_engine()
-        body = await _json_body(request)
+        body = await json_body(request)
         check_model(body, engine)
         _integer(body, "n", 1, 1, 1)  # one choice per request
         stream = _flag(body, "stream")
