@@ -392,8 +392,12 @@ def test_queue_bound_gives_503_with_retry_after(
             "stream": True,
         }
         with httpx.stream("POST", srv.url + "/v1/completions", json=long, timeout=60) as busy:
-            next(sse_events(busy))
+            # Keep the generator referenced: once it is collected, httpx closes the stream and the
+            # server frees the slot, which would let the next request in.
+            busy_events = sse_events(busy)
+            next(busy_events)
             refused = srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})
+            assert next(busy_events)["choices"][0]["finish_reason"] is None  # still generating
         assert refused.status_code == 503
         assert int(refused.headers["Retry-After"]) >= 1
         assert refused.json()["error"]["code"] == "queue_full"
