@@ -15,7 +15,12 @@ fi
 spec=$source_dir
 [[ -n $extras ]] && spec="$source_dir[$extras]"
 
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
+# Several slimllm actions in one job share the venv; each installs only what is not there yet.
+marker=$venv/.slimllm-installed
+if ! grep -qxF -- "$spec" "$marker" 2>/dev/null; then
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
+  echo "$spec" >>"$marker"
+fi
 echo "$venv/bin" >>"${GITHUB_PATH:-/dev/null}"
 echo "bin=$venv/bin/slimllm" >>"${GITHUB_OUTPUT:-/dev/stdout}"

@@ -13,9 +13,11 @@ import click
 from slimllm import __version__, gha
 from slimllm.chat.server import chat_interface
 from slimllm.errors import UserError
+from slimllm.images import images
 from slimllm.inference.server import serve
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
 from slimllm.reports.commands import report
+from slimllm.stack import stack
 from slimllm.tunnel import tunnel_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -99,6 +101,8 @@ cli.add_command(serve)
 cli.add_command(report)
 cli.add_command(tunnel_cli)
 cli.add_command(chat_interface)
+cli.add_command(images)
+cli.add_command(stack)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
