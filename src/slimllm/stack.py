@@ -658,6 +658,7 @@ def stack_up(
     by the servers, sent by the chat), HF_TOKEN (gated repos). Step outputs: url (the chat, or the
     first model), tunnel-url, chat-url, inference-urls (JSON), network, healthy.
     """
+    _mask_secrets()  # before anything can fail and print
     settings = StackSettings(
         name=_name(name),
         models=plan_models(
