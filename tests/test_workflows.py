@@ -167,6 +167,7 @@ def test_selftest_workflow_passes_under_act(act: Path, build_inputs: dict[str, s
     # The must-fail steps failed for the reason they were written for.
     assert "unknown image 'no-such-image'" in run.output
     assert "unknown model preset 'no-such-preset'" in run.output
+    assert "no stack named 'gone' is running" in run.output
     # Hostile strings reached the actions only as data.
     assert "injected command ran" not in run.output
     assert not list(act_home.rglob("pwned"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from slimllm import gha
+from slimllm.clitypes import LINE
 from slimllm.errors import UserError
 
 
@@ -372,13 +373,6 @@ def render_build_markdown(built: Sequence[Built]) -> str:
     )
 
 
-class _Line(click.types.StringParamType):
-    """A repeatable option's values, one per line in its environment variable (values may hold spaces)."""
-
-    name = "line"
-    envvar_list_splitter = "\n"
-
-
 @click.group()
 def images() -> None:
     """Build slimllm's images (what the build action runs)."""
@@ -432,7 +426,7 @@ def images() -> None:
 @click.option(
     "--build-arg",
     "build_args",
-    type=_Line(),
+    type=LINE,
     multiple=True,
     envvar="SLIMLLM_BUILD_ARGS",
     show_envvar=True,
@@ -441,7 +435,7 @@ def images() -> None:
 @click.option(
     "--secret-file",
     "secret_files",
-    type=_Line(),
+    type=LINE,
     multiple=True,
     envvar="SLIMLLM_SECRET_FILES",
     show_envvar=True,

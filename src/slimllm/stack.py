@@ -28,6 +28,7 @@ import click
 import httpx
 
 from slimllm import gha
+from slimllm.clitypes import LINE
 from slimllm.errors import UserError
 from slimllm.inference.server import preset_names, read_preset
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
@@ -413,6 +414,29 @@ def remove(client: Any, name: str) -> int:
     return len(containers)
 
 
+# The order a handoff stops a stack in: first the tunnel, so that the edge sends no new requests
+# here (cloudflared finishes those in flight), then the chat, then the servers, then the monitor.
+_DRAIN_ORDER = {"tunnel": 0, "chat": 1, "monitor": 3}
+
+
+def drain(client: Any, name: str, grace: float) -> dict[str, int]:
+    """Stop every container gracefully, in `_DRAIN_ORDER`; returns each one's exit status."""
+    containers = sorted(
+        _containers(client, name), key=lambda c: _DRAIN_ORDER.get(c.labels.get(ROLE_LABEL, ""), 2)
+    )
+    codes = {}
+    for container in containers:
+        with gha.group(f"stopping {container.name}"):
+            started = time.monotonic()
+            container.stop(timeout=int(grace))
+            container.reload()
+            codes[container.name] = int(container.attrs["State"]["ExitCode"])
+            click.echo(
+                f"{container.name} exited {codes[container.name]} after {time.monotonic() - started:.1f} s"
+            )
+    return codes
+
+
 @contextmanager
 def _until_signalled() -> Iterator[list[bool]]:
     """Turn SIGTERM/SIGINT (a cancelled job) into a flag the watch loop checks."""
@@ -776,6 +800,138 @@ def stack_watch(name: str, duration: str, interval: float) -> None:
     outputs = watch(_name(name), parse_duration(duration), interval)
     if gha.in_github():
         gha.set_outputs(outputs)
+
+
+@stack.command("handoff")
+@NAME_OPTION
+@click.option(
+    "--instance",
+    envvar="SLIMLLM_INSTANCE",
+    show_envvar=True,
+    required=True,
+    help="Instance key; the successor serves the same one (e.g., 1).",
+)
+@click.option(
+    "--title",
+    envvar="SLIMLLM_RUN_TITLE",
+    show_envvar=True,
+    required=True,
+    help="The workflow's name, which starts the successor's run title (e.g., chat interface).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    type=LINE,
+    multiple=True,
+    envvar="SLIMLLM_HANDOFF_INPUTS",
+    show_envvar=True,
+    help="NAME=VALUE input for the successor's dispatch (repeatable; env var: one per line).",
+)
+@click.option("--repo", envvar="GITHUB_REPOSITORY", show_envvar=True, required=True, help="owner/name.")
+@click.option(
+    "--run-id", type=int, envvar="GITHUB_RUN_ID", show_envvar=True, required=True, help="This run's id."
+)
+@click.option(
+    "--ref",
+    envvar="GITHUB_REF_NAME",
+    show_envvar=True,
+    required=True,
+    help="Branch or tag the successor runs on.",
+)
+@click.option(
+    "--api-url",
+    default="https://api.github.com",
+    envvar="GITHUB_API_URL",
+    show_envvar=True,
+    help="GitHub API base URL.",
+)
+@click.option(
+    "--ready-timeout",
+    type=click.FloatRange(1),
+    default=1800,
+    envvar="SLIMLLM_READY_TIMEOUT",
+    show_envvar=True,
+    help="Seconds the successor has to become ready.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.1),
+    default=10,
+    envvar="SLIMLLM_HANDOFF_POLL",
+    show_envvar=True,
+    help="Seconds between two looks at the successor.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(1, 600),
+    default=35,
+    envvar="SLIMLLM_SHUTDOWN_GRACE",
+    show_envvar=True,
+    help="Seconds each container has to finish its requests when stopped.",
+)
+def stack_handoff(
+    name: str,
+    instance: str,
+    title: str,
+    inputs: tuple[str, ...],
+    repo: str,
+    run_id: int,
+    ref: str,
+    api_url: str,
+    ready_timeout: float,
+    poll: float,
+    grace: float,
+) -> None:
+    """Start this run's successor, wait until it is ready, then drain this stack.
+
+    The successor is this workflow dispatched again with the instance key and this run's id as
+    inputs (`instance`, `predecessor`) besides --input. The token (SLIMLLM_GITHUB_TOKEN or
+    GITHUB_TOKEN) needs `actions: write`. If the successor does not become ready, this stack keeps
+    serving and the step fails. Step outputs: successor-run-id, exit-codes (JSON).
+    """
+    from slimllm.handoff import Handoff, HandoffError, HandoffPlan
+    from slimllm.reports.regression import connect
+
+    token = os.environ.get("SLIMLLM_GITHUB_TOKEN") or os.environ.get("GITHUB_TOKEN") or ""
+    if not token:
+        raise UserError("no GitHub token: set GITHUB_TOKEN (the job needs `permissions: actions: write`)")
+    gha.mask(token)
+    name = _name(name)
+    pairs = {}
+    for line in inputs:
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key):
+            raise UserError(f"--input: expected NAME=VALUE, got {line[:40]!r}")
+        pairs[key] = value
+    client = _docker()
+    if not _containers(client, name):
+        raise UserError(f"no stack named {name!r} is running")
+    plan = HandoffPlan(
+        repo=repo,
+        run_id=run_id,
+        ref=ref,
+        instance=instance,
+        title_prefix=title,
+        inputs=pairs,
+        ready_timeout=ready_timeout,
+        poll=poll,
+    )
+    try:
+        successor = Handoff(connect(token, api_url, retry=False), plan, log=click.echo).run()
+    except HandoffError as exc:
+        raise UserError(f"handoff failed, this stack keeps serving: {exc}") from None
+    codes = drain(client, name, grace)
+    remove(client, name)
+    gha.append_summary(
+        f"### Handed off\n\nTo run {successor.id}; this stack stopped with exit statuses "
+        + ", ".join(f"{k} {v}" for k, v in codes.items())
+        + "."
+    )
+    if gha.in_github():
+        gha.set_outputs({"successor-run-id": successor.id, "exit-codes": json.dumps(codes)})
+    unclean = {k: v for k, v in codes.items() if v != 0}
+    if unclean:
+        raise UserError(f"the stack did not stop cleanly: {unclean}")
 
 
 @stack.command("down")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import github
 from github import Auth, Github, GithubException
@@ -83,13 +83,19 @@ def change_comment(before: list[str], after: list[str]) -> str:
     return " ".join(parts) + " The table above is up to date."
 
 
-def connect(token: str, api_url: str, *, spacing: bool = True) -> Github:
-    """A PyGithub client; `spacing` keeps the pauses between requests that GitHub asks integrations for."""
-    if spacing:
-        return Github(base_url=api_url, auth=Auth.Token(token))
-    return Github(
-        base_url=api_url, auth=Auth.Token(token), seconds_between_requests=None, seconds_between_writes=None
-    )
+def connect(token: str, api_url: str, *, spacing: bool = True, retry: bool = True) -> Github:
+    """A PyGithub client.
+
+    `spacing` keeps the pauses between requests that GitHub asks integrations for. `retry=False`
+    turns PyGithub's own retries off, for callers that must look before they try again (a retried
+    workflow dispatch whose first answer was lost would start a second run).
+    """
+    options: dict[str, Any] = {}
+    if not spacing:
+        options.update(seconds_between_requests=None, seconds_between_writes=None)
+    if not retry:
+        options["retry"] = None
+    return Github(base_url=api_url, auth=Auth.Token(token), **options)
 
 
 def find_issue(repo: Repository, label: str) -> Issue | None:

@@ -16,7 +16,10 @@
 //     connection is up), /quicktunnel ({"hostname"}; empty for a named tunnel), /metrics,
 //     /healthcheck;
 //   - the tunnel itself, reduced to a plain HTTP listener on port 8080 that proxies every request
-//     to the origin, as Cloudflare's edge would serve https://<hostname>.
+//     to the origin, as Cloudflare's edge would serve https://<hostname>;
+//   - graceful shutdown on SIGTERM/SIGINT: the connections are unregistered at once (/ready answers
+//     503, so the edge sends no new requests), requests in flight are finished, then it exits 0;
+//     after --grace-period (default 30s) it exits even with requests left.
 //
 // Test-only additions, which real cloudflared does not have:
 //   - POST /test-double/connections?ready=N on the metrics server sets the number of ready
@@ -50,12 +53,15 @@ const (
 	namedConnections = 4
 	// Long enough that /ready is seen answering 503 first, short enough not to slow tests.
 	connectDelay = 300 * time.Millisecond
+	// How long the edge takes to notice an unregistered connection, in this stand-in.
+	unregisterDelay = 1 * time.Second
 )
 
 type options struct {
-	metrics string
-	origin  string
-	named   bool
+	metrics     string
+	origin      string
+	named       bool
+	gracePeriod time.Duration
 }
 
 func logf(level, format string, args ...interface{}) {
@@ -69,7 +75,7 @@ func fail(code int, format string, args ...interface{}) {
 
 // parseArgs reads `tunnel [flags] [run]` the way cloudflared's CLI does, flags as `--f v` or `--f=v`.
 func parseArgs(args []string) (options, error) {
-	opts := options{metrics: "127.0.0.1:20241", origin: os.Getenv("TUNNEL_URL")}
+	opts := options{metrics: "127.0.0.1:20241", origin: os.Getenv("TUNNEL_URL"), gracePeriod: 30 * time.Second}
 	if len(args) == 0 || args[0] != "tunnel" {
 		return opts, fmt.Errorf("test double: want `tunnel ...` or `version`, got %q", args)
 	}
@@ -97,6 +103,11 @@ func parseArgs(args []string) (options, error) {
 			opts.metrics, err = next()
 		case name == "url":
 			opts.origin, err = next()
+		case name == "grace-period":
+			var text string
+			if text, err = next(); err == nil {
+				opts.gracePeriod, err = time.ParseDuration(text)
+			}
 		case name == "token":
 			fail(3, "test double: the tunnel token was passed on the command line, where ps and docker inspect show it; "+
 				"pass it as TUNNEL_TOKEN in the environment")
@@ -216,6 +227,7 @@ func main() {
 	}()
 	logf("INF", "Starting metrics server on %s/metrics", opts.metrics)
 
+	var inFlight atomic.Int64
 	edge := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "test double: a named tunnel's ingress lives in Cloudflare; no origin here", http.StatusBadGateway)
 	}))
@@ -226,8 +238,13 @@ func main() {
 		}
 		edge = httputil.NewSingleHostReverseProxy(origin)
 	}
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
+		edge.ServeHTTP(w, r)
+	})
 	go func() {
-		err := http.ListenAndServe(edgeListen, edge)
+		err := http.ListenAndServe(edgeListen, counted)
 		fail(1, "test double: failed to serve the edge side on %s: %v", edgeListen, err)
 	}()
 
@@ -244,4 +261,16 @@ func main() {
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	sig := <-signals
 	logf("INF", "Initiating graceful shutdown due to signal %s ...", sig)
+	ready.Store(0)
+	logf("INF", "Unregistered tunnel connection connIndex=0 event=0")
+	// The edge needs a moment to stop sending new requests; then wait for those in flight.
+	deadline := time.Now().Add(opts.gracePeriod)
+	time.Sleep(unregisterDelay)
+	for inFlight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := inFlight.Load(); n > 0 {
+		logf("WRN", "grace period over with %d requests in flight", n)
+	}
+	logf("INF", "Tunnel server stopped")
 }
