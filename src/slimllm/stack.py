@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import httpx
 
 from slimllm import gha
 from slimllm.clitypes import LINE
+from slimllm.engine import EngineError, docker_client
 from slimllm.errors import UserError
 from slimllm.inference.server import preset_names, read_preset
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
@@ -148,16 +148,9 @@ def plan_models(
 
 def _docker() -> Any:
     try:
-        # Through importlib: run from the repository root, mypy would take its docker/ folder for the SDK.
-        docker: Any = importlib.import_module("docker")
-    except ImportError:
-        raise UserError("the docker SDK is needed: pip install 'slimllm[docker]'") from None
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
-        raise UserError(f"no Docker engine answers: {exc}") from None
-    return client
+        return docker_client()
+    except EngineError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _mask_secrets() -> None:

@@ -7,7 +7,6 @@ that the rest of the CLI works without the `docker` and `github` extras.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, NoReturn
@@ -173,17 +172,12 @@ def sizes(
 
 
 def _docker_client() -> Any:
+    from slimllm.engine import EngineError, docker_client
+
     try:
-        # Through importlib: run from the repository root, mypy would take its docker/ folder for the SDK.
-        docker: Any = importlib.import_module("docker")
-    except ImportError:
-        raise ReportError("the docker SDK is needed: pip install 'slimllm[docker]'") from None
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
-        raise ReportError(f"no Docker engine answers: {exc}") from None
-    return client
+        return docker_client()
+    except EngineError as exc:
+        raise ReportError(str(exc)) from None
 
 
 @report.command("health")
