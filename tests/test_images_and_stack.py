@@ -201,6 +201,7 @@ def test_stack_serves_restarts_a_stopped_server_and_goes_away(
     stack_name: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     image = request.getfixturevalue("inference_image")
     summary = tmp_path / "summary.md"
@@ -250,6 +251,15 @@ def test_stack_serves_restarts_a_stopped_server_and_goes_away(
         )
         == 1
     )  # the name is taken
+
+    # A second stack on the same port: one error line, and nothing of it left behind.
+    blocked = ["stack", "up", "--name", f"{stack_name}-2", "--models-dir", str(default_model.parent),
+               "--inference-image", image.id, "--no-monitor", "--port", str(port)]  # fmt: skip
+    assert main(blocked) == 1
+    assert "the Docker engine refused to start the stack" in capsys.readouterr().err
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"io.slimllm.action-stack={stack_name}-2"}
+    )
 
     server.kill()
     assert main(["stack", "watch", "--name", stack_name, "--duration", "4s", "--interval", "1"]) == 0

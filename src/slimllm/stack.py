@@ -355,10 +355,14 @@ def up(settings: StackSettings) -> dict[str, Any]:
                 mem_limit="32m",
                 pids_limit=32,
             )
-    except BaseException:
+    except BaseException as exc:
         # Leave nothing half-started behind; the logs are the user's only clue.
         dump_logs(client, name)
         remove(client, name)
+        if type(exc).__module__.startswith("docker."):
+            # The engine refused something (a port in use, an image for another platform): say what.
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            raise UserError(f"the Docker engine refused to start the stack: {explanation}") from None
         raise
 
     local_url = chat_url or urls[settings.models[0].name]
