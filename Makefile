@@ -35,9 +35,14 @@ model: $(PY) ## Place the embedded default model in ./models
 # Hand the host's CA bundle to image builds as a BuildKit secret when there is one (needed behind a
 # TLS-intercepting proxy, harmless elsewhere; never stored in a layer).
 BUILD_CA ?= /etc/ssl/certs/ca-certificates.crt
-BUILD_SECRET = $(if $(wildcard $(BUILD_CA)),--secret id=ca,src=$(BUILD_CA),)
+comma := ,
+BUILD_SECRET = $(if $(wildcard $(BUILD_CA)),--secret id=ca$(comma)src=$(BUILD_CA),)
+# One platform for the single-image targets (e.g. PLATFORMS=linux/arm64: `--load` takes one at a
+# time); build-all takes a comma-separated list. A foreign platform runs under QEMU
+# (scripts/install-qemu.sh), and where debian:bookworm-slim cannot be pulled it starts from the
+# bootstrapped debian:bookworm-slim-<arch> (scripts/base-image-args.sh).
 PLATFORMS ?=
-BUILDX = docker buildx build --load $(BUILD_SECRET) $(if $(PLATFORMS),--platform $(PLATFORMS),)
+BUILDX = docker buildx build --load $(BUILD_SECRET) $(if $(PLATFORMS),--platform $(PLATFORMS) $$(bash scripts/base-image-args.sh $(PLATFORMS)),)
 PORT ?= 8080
 
 .PHONY: image-inference
@@ -97,8 +102,12 @@ setup: ## Create .env from .env.example (an existing .env is left as it is)
 	else cp .env.example .env && chmod 600 .env && echo "wrote .env: edit it for the tunnel, API key and ports"; fi
 
 .PHONY: build-all
-build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PROFILES=tunnel)
+build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PROFILES=tunnel; PLATFORMS=linux/amd64,linux/arm64 for several)
+ifeq ($(PLATFORMS),)
 	$(COMPOSE) -f docker-compose.all.yml build
+else
+	bash scripts/build-platforms.sh '$(PLATFORMS)' docker-compose.all.yml
+endif
 
 .PHONY: start-chat
 start-chat: ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000

@@ -27,6 +27,23 @@ def buildx(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str
     )
 
 
+def platform_args(platform: str) -> list[str]:
+    """`--platform` and what a build for it needs here to start from the right Debian.
+
+    scripts/base-image-args.sh decides, for make and for the tests alike: nothing where the
+    registry's multi-platform debian:bookworm-slim serves every platform, the locally bootstrapped
+    debian:bookworm-slim-<arch> as BASE_IMAGE where it cannot be pulled.
+    """
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "base-image-args.sh"), platform],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return ["--platform", platform, *result.stdout.split()]
+
+
 def build_image(
     dockerfile: str,
     tag: str,
@@ -43,7 +60,7 @@ def build_image(
     for key, value in (build_args or {}).items():
         args += ["--build-arg", f"{key}={value}"]
     if platform:
-        args += ["--platform", platform]
+        args += platform_args(platform)
     result = buildx(*args, *extra, str(context))
     if result.returncode != 0:
         raise AssertionError(f"building {tag} failed:\n{(result.stdout + result.stderr)[-6000:]}")

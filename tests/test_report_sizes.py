@@ -6,9 +6,11 @@ The summary fixtures are regenerated with SLIMLLM_UPDATE_FIXTURES=1; review the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import platform
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -127,6 +129,7 @@ def layer(diff_id: str, entries: list[Entry], compressed: int) -> LayerScan:
 
 
 def synthetic_images() -> list[MeasuredImage]:
+    """Three amd64 images: the summary of one architecture has no Arch column."""
     base = layer(
         "a", [Entry("dir", "usr"), f("usr/lib/libc.so", 30_000_000), f("etc/os-release", 300)], 11_000_000
     )
@@ -146,6 +149,7 @@ def synthetic_images() -> list[MeasuredImage]:
                 "COPY dir:0123abcd in /opt/llama",
                 "RUN rm /opt/llama/tmp.log && echo '{}' | tee /opt/llama/config.json",
             ],
+            "amd64",
         ),
         MeasuredImage(
             "example/gateway:1.2",
@@ -156,12 +160,14 @@ def synthetic_images() -> list[MeasuredImage]:
                 layer("e", [f("app/gateway", 5_200_000)], 2_100_000),
             ],
             ["Imported from -", "COPY gateway /app/gateway", "COPY gateway-v2 /app/gateway"],
+            "amd64",
         ),
         MeasuredImage(
             "busybox:latest",
             "sha256:" + "3" * 64,
             [layer("f", [f("bin/busybox", 4_000_000)], 2_200_000)],
             ["ADD file:busybox in /"],
+            "amd64",
         ),
     ]
 
@@ -212,7 +218,94 @@ def test_previous_report_is_a_baseline(tmp_path: Path) -> None:
     path = tmp_path / "yesterday.json"
     path.write_text(json.dumps(synthetic_report()))
     baseline = load_baseline(path)
-    assert baseline["busybox:latest"] == {"uncompressed_bytes": 4_000_000, "compressed_bytes": 2_200_000}
+    assert baseline["busybox:latest"] == {
+        "uncompressed_bytes": 4_000_000,
+        "compressed_bytes": 2_200_000,
+        "arch": "amd64",
+    }
+
+
+def one_layer_image(ref: str, arch: str, size: int) -> MeasuredImage:
+    digest = hashlib.sha256(f"{ref} {arch}".encode()).hexdigest()
+    return MeasuredImage(
+        ref, f"sha256:{digest}", [layer(digest, [f("blob", size)], size)], ["COPY blob /"], arch
+    )
+
+
+def test_budgets_apply_per_architecture(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text(
+        json.dumps(
+            {
+                "default": {"max_growth_pct": 10, "arch": {"arm64": {"max_growth_pct": 20}}},
+                "images": {
+                    "example/inference": {"max_mb": 100, "arch": {"arm64": {"max_mb": 130}}},
+                    "example/*": {"max_mb": 50},
+                },
+            }
+        )
+    )
+    # Yesterday's report had one image per architecture, under the tags of today's.
+    baseline = tmp_path / "baseline.json"
+    yesterday = [
+        one_layer_image("example/inference:local", "amd64", 95 * MB),
+        one_layer_image("example/inference:local-arm64", "arm64", 100 * MB),
+    ]
+    baseline.write_text(json.dumps(build_report(yesterday, now=FIXED_NOW)))
+    report = build_report(
+        [
+            # 105 MB: over amd64's 100 MB; arm64's 105 MB is within its own 130 MB.
+            one_layer_image("example/inference:local", "amd64", 105 * MB),
+            one_layer_image("example/inference:local-arm64", "arm64", 118 * MB),
+            one_layer_image("example/gateway:local-arm64", "arm64", 60 * MB),
+        ],
+        budgets=load_budgets(budgets),
+        baseline=load_baseline(baseline),
+        now=FIXED_NOW,
+    )
+    amd64, arm64, gateway = report["images"]
+    assert (amd64["arch"], arm64["arch"]) == ("amd64", "arm64")
+    assert amd64["budget"] == {
+        "source": "example/inference",
+        "arch": None,
+        "max_mb": 100.0,
+        "max_compressed_mb": None,
+        "max_growth_pct": 10.0,
+    }
+    assert arm64["budget"] == {
+        "source": "example/inference",
+        "arch": "arm64",
+        "max_mb": 130.0,
+        "max_compressed_mb": None,
+        "max_growth_pct": 20.0,
+    }
+    # Growth is measured against the same architecture: +10.5 % and +18 %, not +5 % against arm64.
+    assert amd64["baseline"] is not None and amd64["baseline"]["uncompressed_bytes"] == 95 * MB
+    assert arm64["baseline"] is not None and arm64["baseline"]["uncompressed_bytes"] == 100 * MB
+    assert [c["budget"] for c in amd64["checks"] if not c["ok"]] == ["max_mb", "max_growth_pct"]
+    assert arm64["ok"], arm64["checks"]
+    # No arm64 override for this entry: its own 50 MB applies on arm64 too.
+    assert [c["budget"] for c in gateway["checks"] if not c["ok"]] == ["max_mb"]
+    assert gateway["baseline"] is None
+
+    summary = render_sizes_markdown(report, top_layers=0)
+    header = next(line for line in summary.splitlines() if "| Image |" in line)
+    assert [c.strip() for c in header.split("|")][1:5] == ["", "Image", "Arch", "Size"]
+    assert "<code>example/inference:local-arm64</code> | arm64 |" in summary
+
+
+def test_a_baseline_of_another_architecture_is_not_compared(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text('{"default": {"max_growth_pct": 1}}')
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(build_report([one_layer_image("example/x:1", "arm64", MB)])))
+    report = build_report(
+        [one_layer_image("example/x:1", "amd64", 2 * MB)],
+        budgets=load_budgets(budgets),
+        baseline=load_baseline(baseline),
+    )
+    [image] = report["images"]
+    assert image["baseline"] is None and image["checks"] == []
 
 
 @pytest.mark.parametrize(
@@ -231,6 +324,21 @@ def test_previous_report_is_a_baseline(tmp_path: Path) -> None:
             "b.json", '{"images": {"x": {"max_mb": "big"}}}', "must be a number >= 0", id="not-a-number"
         ),
         pytest.param("b.json", '{"images": {"x": {"max_mb": -1}}}', "must be a number >= 0", id="negative"),
+        pytest.param(
+            "b.json", '{"images": {"x": {"arch": ["arm64"]}}}', "'arch' for 'x' must map", id="arch-not-a-map"
+        ),
+        pytest.param(
+            "b.json",
+            '{"images": {"x": {"arch": {"arm64": {"arch": {}}}}}}',
+            "unknown budget 'arch' for 'x' on 'arm64'",
+            id="arch-nested-twice",
+        ),
+        pytest.param(
+            "b.json",
+            '{"default": {"arch": {"arm64": {"max_mb": "big"}}}}',
+            "must be a number >= 0",
+            id="arch-not-a-number",
+        ),
         pytest.param("b.yml", "images: [", "bad budget file", id="bad-yaml"),
         pytest.param(None, "", "budget file not found", id="missing"),
     ],
@@ -252,6 +360,7 @@ def test_yaml_budgets_equal_json_budgets(tmp_path: Path) -> None:
     budgets = load_budgets(path)
     assert budgets.for_image("example/inference:2") == {
         "source": "example/inference",
+        "arch": None,
         "max_mb": 100.0,
         "max_compressed_mb": None,
         "max_growth_pct": 10.0,
@@ -399,6 +508,8 @@ def test_a_layer_of_n_mb_shows_as_n_mb(images: Built, measured: tuple[Run, dict[
     assert abs(blob["compressed_bytes"] - BLOB) <= BLOB * 0.01
     assert "COPY" in blob["created_by"] and "/data/blob" in blob["created_by"]
     assert base["layer_count"] == 2 and base["compressed_source"] in ("gzip", "stored")
+    # Built here, so of this machine's architecture, read from the image config.
+    assert base["arch"] == {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     assert "10.0 MB" in measured[0].summary
 
 

@@ -8,6 +8,7 @@ images -- entrypoint, health checks, the monitor -- is the shipped code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -92,14 +93,14 @@ class Release:
     sha256: str
 
 
-@pytest.fixture(scope="module")
-def fake_release(
-    docker_client: Any, target_arch: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
-    """The stand-in cloudflared, as a release file on a local HTTP server that builds can reach."""
-    out = tmp_path_factory.mktemp("release")
-    build_ok("--target", "cloudflared-release", "--output", f"type=local,dest={out}", str(FAKES_DIR))
-    binary = out / f"cloudflared-linux-{target_arch}"
+@contextlib.contextmanager
+def served_release(docker_client: Any, arch: str, out: Path) -> Iterator[Release]:
+    """The stand-in cloudflared for `arch`, as a release file on a local HTTP server that builds can reach."""
+    build_ok(
+        *("--platform", f"linux/{arch}", "--target", "cloudflared-release"),
+        *("--output", f"type=local,dest={out}", str(FAKES_DIR)),
+    )
+    binary = out / f"cloudflared-linux-{arch}"
     assert binary.is_file()
     # Build steps run on Docker's default bridge; its gateway is this host.
     gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
@@ -120,6 +121,14 @@ def fake_release(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def fake_release(
+    docker_client: Any, target_arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    with served_release(docker_client, target_arch, tmp_path_factory.mktemp("release")) as release:
+        yield release
 
 
 def cloudflared_build_args(release: Release, arch: str, sha256: str) -> list[str]:

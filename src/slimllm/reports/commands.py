@@ -114,7 +114,9 @@ def sizes(
 
     Budgets file, e.g.: {"default": {"max_growth_pct": 10}, "images": {"slimllm/inference": {"max_mb": 150}}}.
     Keys of an image are its reference, its repository without the tag, or a glob; they override "default".
-    max_growth_pct compares with --baseline. Step outputs: report-json, breaches, total-bytes,
+    Budgets apply per architecture: an entry may hold overrides for one under "arch", e.g.
+    {"max_mb": 110, "arch": {"arm64": {"max_mb": 135}}}. max_growth_pct compares with --baseline, with an
+    image of the same architecture. Step outputs: report-json, breaches, total-bytes,
     total-compressed-bytes, ok.
     """
     try:

@@ -28,6 +28,16 @@ An image takes the first entry that matches it: its exact reference, then its re
 then the glob patterns in file order. The entry's keys override those of `default`. `max_growth_pct`
 compares the uncompressed size with the baseline: a previous report written by `--json-out`, or a plain
 `{"image-ref": bytes}` object.
+
+Budgets apply per architecture: every image is measured with the architecture of its config (`amd64`,
+`arm64`, ...), and an entry, or `default`, may hold overrides for one architecture under `arch`, which
+take precedence over the entry's own keys. The same base image is bigger on arm64 (Debian's aarch64
+binaries are larger), so one limit for both would be either loose on amd64 or tight on arm64::
+
+    "slimllm/inference": {"max_mb": 150, "arch": {"arm64": {"max_mb": 175}}}
+
+Growth is compared only with a baseline image of the same architecture (or one whose architecture the
+baseline does not record).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, TypedDict, cast
+from typing import IO, Any, Literal, NotRequired, TypedDict, cast
 
 from slimllm.reports import ReportError
 from slimllm.reports.render import (
@@ -92,10 +102,12 @@ class WastedFileJSON(TypedDict):
 class BaselineJSON(TypedDict):
     uncompressed_bytes: int
     compressed_bytes: int | None
+    arch: NotRequired[str]  # absent when the baseline does not say (a plain {"ref": bytes} object)
 
 
 class BudgetJSON(TypedDict):
     source: str  # the budgets-file key that matched, or "default"
+    arch: str | None  # the architecture whose overrides applied, if any
     max_mb: float | None
     max_compressed_mb: float | None
     max_growth_pct: float | None
@@ -112,6 +124,7 @@ class CheckJSON(TypedDict):
 class ImageJSON(TypedDict):
     ref: str
     id: str
+    arch: str  # from the image config; "" when it has none. Reports before multi-arch lack the key.
     uncompressed_bytes: int
     compressed_bytes: int
     compressed_source: CompressedSource
@@ -312,6 +325,7 @@ class MeasuredImage:
     id: str
     layers: list[LayerScan]
     created_by: list[str]
+    arch: str = ""
 
 
 class ImageMeasurer:
@@ -359,7 +373,11 @@ class ImageMeasurer:
         except (tarfile.TarError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise ReportError(f"cannot read the saved image {ref}: {type(exc).__name__}: {exc}") from None
         return MeasuredImage(
-            ref, image_id, layers, _layer_instructions(config.get("history") or [], len(layers))
+            ref,
+            image_id,
+            layers,
+            _layer_instructions(config.get("history") or [], len(layers)),
+            str(config.get("architecture") or ""),
         )
 
 
@@ -411,30 +429,46 @@ _BUDGET_KEYS = ("max_mb", "max_compressed_mb", "max_growth_pct")
 
 
 @dataclass(frozen=True)
-class Budgets:
-    default: Mapping[str, float]
-    images: Sequence[tuple[str, Mapping[str, float]]]
+class Budget:
+    """One budgets-file entry: its limits, and the overrides for each architecture."""
 
-    def for_image(self, ref: str) -> BudgetJSON | None:
+    values: Mapping[str, float]
+    arch: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def resolve(self, arch: str) -> tuple[dict[str, float], bool]:
+        """The limits for `arch`, and whether an override for it applied."""
+        override = self.arch.get(arch) if arch else None
+        return {**self.values, **(override or {})}, override is not None
+
+
+@dataclass(frozen=True)
+class Budgets:
+    default: Budget
+    images: Sequence[tuple[str, Budget]]
+
+    def for_image(self, ref: str, arch: str = "") -> BudgetJSON | None:
         repo = repository(ref)
-        chosen: tuple[str, Mapping[str, float]] | None = None
-        for key, values in self.images:
+        chosen: tuple[str, Budget] | None = None
+        for key, budget in self.images:
             if key in (ref, repo):
-                chosen = (key, values)
+                chosen = (key, budget)
                 break
         if chosen is None:
-            for key, values in self.images:
+            for key, budget in self.images:
                 if any(ch in key for ch in "*?[") and (
                     fnmatch.fnmatchcase(ref, key) or fnmatch.fnmatchcase(repo, key)
                 ):
-                    chosen = (key, values)
+                    chosen = (key, budget)
                     break
-        if chosen is None and not self.default:
+        if chosen is None and not (self.default.values or self.default.arch):
             return None
-        source, values = chosen if chosen is not None else ("default", {})
-        merged = {**self.default, **values}
+        source, entry = chosen if chosen is not None else ("default", Budget({}))
+        default, default_arch = self.default.resolve(arch)
+        values, entry_arch = entry.resolve(arch)
+        merged = {**default, **values}
         return {
             "source": source,
+            "arch": arch if default_arch or entry_arch else None,
             "max_mb": merged.get("max_mb"),
             "max_compressed_mb": merged.get("max_compressed_mb"),
             "max_growth_pct": merged.get("max_growth_pct"),
@@ -487,15 +521,31 @@ def _load_config(path: Path, what: str) -> object:
         raise ReportError(f"bad {what} {path}: {why}") from None
 
 
-def _budget_values(path: Path, key: str, value: object) -> dict[str, float]:
+def _budget_values(path: Path, key: str, value: object) -> Budget:
+    if not isinstance(value, dict):
+        raise ReportError(f"bad budget file {path}: the budget for '{key}' must be an object")
+    per_arch = value.get("arch", {})
+    if not isinstance(per_arch, dict):
+        raise ReportError(f"bad budget file {path}: 'arch' for '{key}' must map architectures to budgets")
+    return Budget(
+        _limits(path, key, {k: v for k, v in value.items() if k != "arch"}),
+        {
+            str(arch): _limits(path, f"{key}' on '{arch}", limits, nested=False)
+            for arch, limits in per_arch.items()
+        },
+    )
+
+
+def _limits(path: Path, key: str, value: object, *, nested: bool = True) -> dict[str, float]:
     if not isinstance(value, dict):
         raise ReportError(f"bad budget file {path}: the budget for '{key}' must be an object")
     values: dict[str, float] = {}
     for name, limit in value.items():
         if name not in _BUDGET_KEYS:
+            expected = (*_BUDGET_KEYS, "arch") if nested else _BUDGET_KEYS
             raise ReportError(
                 f"bad budget file {path}: unknown budget '{name}' for '{key}'"
-                f" (expected {', '.join(_BUDGET_KEYS)})"
+                f" (expected {', '.join(expected)})"
             )
         if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
             raise ReportError(
@@ -510,13 +560,16 @@ def load_baseline(path: Path) -> dict[str, BaselineJSON]:
     data = read_json(path, "baseline")
     if isinstance(data, dict) and data.get("kind") == REPORT_KIND:
         try:
-            return {
-                str(image["ref"]): {
+            baseline: dict[str, BaselineJSON] = {}
+            for image in data["images"]:
+                entry: BaselineJSON = {
                     "uncompressed_bytes": int(image["uncompressed_bytes"]),
                     "compressed_bytes": int(image["compressed_bytes"]),
                 }
-                for image in data["images"]
-            }
+                if image.get("arch"):
+                    entry["arch"] = str(image["arch"])
+                baseline[str(image["ref"])] = entry
+            return baseline
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(
                 f"bad baseline {path}: malformed report ({type(exc).__name__}: {exc})"
@@ -532,11 +585,14 @@ def load_baseline(path: Path) -> dict[str, BaselineJSON]:
     )
 
 
-def baseline_for(ref: str, baseline: Mapping[str, BaselineJSON]) -> BaselineJSON | None:
+def baseline_for(ref: str, baseline: Mapping[str, BaselineJSON], arch: str = "") -> BaselineJSON | None:
+    def same_arch(entry: BaselineJSON) -> bool:
+        return not arch or entry.get("arch", arch) == arch
+
     if ref in baseline:
-        return baseline[ref]
+        return baseline[ref] if same_arch(baseline[ref]) else None
     repo = repository(ref)
-    matches = [entry for key, entry in baseline.items() if repository(key) == repo]
+    matches = [entry for key, entry in baseline.items() if repository(key) == repo and same_arch(entry)]
     # Only an unambiguous repository match is a fair comparison.
     return matches[0] if len(matches) == 1 else None
 
@@ -638,6 +694,7 @@ def build_report(
         entry: ImageJSON = {
             "ref": image.ref,
             "id": image.id,
+            "arch": image.arch,
             "uncompressed_bytes": sum(layer.size_bytes for layer in image.layers),
             "compressed_bytes": sum(layer.compressed_bytes for layer in image.layers),
             "compressed_source": "stored" if sources == {"stored"} else "gzip",
@@ -646,8 +703,8 @@ def build_report(
             "wasted_bytes": wasted_bytes,
             "wasted_files": wasted_files[:TOP_WASTED_FILES],
             "layers": layers,
-            "baseline": baseline_for(image.ref, baseline) if baseline is not None else None,
-            "budget": budgets.for_image(image.ref) if budgets is not None else None,
+            "baseline": baseline_for(image.ref, baseline, image.arch) if baseline is not None else None,
+            "budget": budgets.for_image(image.ref, image.arch) if budgets is not None else None,
             "checks": [],
             "ok": True,
         }
@@ -699,8 +756,12 @@ def _mark(image: ImageJSON) -> str:
 def render_sizes_markdown(
     report: SizesReportJSON, *, top_layers: int = 5, heading: str = "### Image sizes"
 ) -> str:
-    """The job-summary section: one table row per image, breaches, then each image's largest layers."""
+    """The job-summary section: one table row per image, breaches, then each image's largest layers.
+
+    An Arch column appears when the images are of more than one architecture.
+    """
     images = report["images"]
+    multi_arch = len({image.get("arch", "") for image in images}) > 1
     rows = []
     for image in images:
         base = image["baseline"]
@@ -708,6 +769,7 @@ def render_sizes_markdown(
             [
                 _mark(image),
                 code(image["ref"]),
+                *([image.get("arch") or "—"] if multi_arch else []),
                 format_bytes(image["uncompressed_bytes"]),
                 format_delta(image["uncompressed_bytes"], base["uncompressed_bytes"] if base else None),
                 format_bytes(image["compressed_bytes"]),
@@ -721,6 +783,7 @@ def render_sizes_markdown(
     headers = [
         "",
         "Image",
+        *(["Arch"] if multi_arch else []),
         "Size",
         "Δ size",
         "Compressed",
@@ -730,7 +793,8 @@ def render_sizes_markdown(
         "Wasted",
         "Budget",
     ]
-    parts = [heading, "", table(headers, "clrrrrrrrl", rows)]
+    align = "clcrrrrrrrl" if multi_arch else "clrrrrrrrl"
+    parts = [heading, "", table(headers, align, rows)]
     how = {
         "gzip": "each layer gzipped at level 6, as `docker push` uploads it",
         "stored": "the compressed layer blobs the engine stores",
