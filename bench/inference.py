@@ -179,10 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="single-stream requests per server")
     parser.add_argument("--tokens", type=int, default=128, help="completion tokens per request")
-    parser.add_argument("--streams", type=int, default=4, help="concurrent streams for the aggregate test")
+    parser.add_argument(
+        "--streams",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2, 4, 8],
+        help="concurrent stream counts for the aggregate test, comma separated (default: 1,2,4,8)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
     parser.add_argument(
-        "--slots", type=int, default=0, help="our server's slots for the aggregate test (default: --streams)"
+        "--slots",
+        type=int,
+        default=0,
+        help="slots of both servers in the aggregate test (default: the stream count)",
     )
     parser.add_argument("--skip-build", action="store_true", help="use the images already built")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -238,25 +246,31 @@ def main(argv: list[str] | None = None) -> int:
         for server in running.values():
             server.container.remove(force=True)
 
-    slots = args.slots or args.streams
-    for name, image in servers.items():
-        server = start(client, name, image, models, model.name, args.threads, slots, 4096)
-        try:
-            stream_once(server.url, 8)
-            result[name][f"aggregate_tps_{args.streams}"] = statistics.median(
-                concurrent_streams(server.url, args.streams, args.tokens) for _ in range(2)
-            )
-            result[name]["slots"] = slots
-        finally:
-            server.container.remove(force=True)
+    # Each stream count on freshly started servers with that many slots (llama-server: -np), the
+    # order of the two servers alternating from one count to the next.
+    for i, streams in enumerate(args.streams):
+        slots = args.slots or streams
+        order = list(servers) if i % 2 == 0 else list(reversed(list(servers)))
+        for name in order:
+            server = start(client, name, servers[name], models, model.name, args.threads, slots, 4096)
+            try:
+                stream_once(server.url, 8)
+                result[name][f"aggregate_tps_{streams}"] = statistics.median(
+                    concurrent_streams(server.url, streams, args.tokens) for _ in range(2)
+                )
+                result[name][f"slots_{streams}"] = slots
+            finally:
+                server.container.remove(force=True)
 
     ours, peer = result["slimllm"], result["llama_server"]
     result["ratios"] = {
         "decode_tps_1": ours["decode_tps_1"] / peer["decode_tps_1"],
         "ttft_1": ours["ttft_s_1"] / peer["ttft_s_1"],
         "start_to_healthy": ours["start_to_healthy_s"] / peer["start_to_healthy_s"],
-        f"aggregate_tps_{args.streams}": ours[f"aggregate_tps_{args.streams}"]
-        / peer[f"aggregate_tps_{args.streams}"],
+        **{
+            f"aggregate_tps_{n}": ours[f"aggregate_tps_{n}"] / peer[f"aggregate_tps_{n}"]
+            for n in args.streams
+        },
     }
     text = json.dumps(result, indent=2)
     print(text)
