@@ -48,6 +48,7 @@ from tests.test_sidecars import (
     host_port,
     process_users_and_commands,
     served_release,
+    stack,  # noqa: F401  (a fixture, reused as it is)
     wait_for,
 )
 
@@ -211,17 +212,8 @@ def test_sizes_per_architecture(docker_client: Any, images: Images, tmp_path: Pa
 # ------------------------------------------------------------------- running under emulation
 
 
-@pytest.fixture
-def stack(docker_client: Any) -> Iterator[Stack]:
-    s = Stack(docker_client)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 @pytest.mark.docker
-def test_tunnel_and_monitor_run_healthy_and_answer(stack: Stack, images: Images) -> None:
+def test_tunnel_and_monitor_run_healthy_and_answer(stack: Stack, images: Images) -> None:  # noqa: F811  (test_sidecars' fixture)
     stack.run(images.origin, "origin")
     tunnel = stack.run(
         images.cloudflared,

@@ -1,8 +1,13 @@
-"""Parameter types shared by the commands the actions run."""
+"""Parameter types and parsing shared by the commands the actions run."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import click
+
+from slimllm.errors import UserError
 
 
 class _Line(click.types.StringParamType):
@@ -13,3 +18,17 @@ class _Line(click.types.StringParamType):
 
 
 LINE = _Line()
+
+
+def parse_pairs(lines: Sequence[str], what: str, key: re.Pattern[str]) -> dict[str, str]:
+    """NAME=VALUE lines (each value may hold several, one per line) into a dict; blank lines skipped."""
+    pairs: dict[str, str] = {}
+    for line in (line.strip() for value in lines for line in value.splitlines()):
+        if not line:
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not key.fullmatch(name):
+            # The value may be a secret: only the part before '=' is shown.
+            raise UserError(f"{what}: expected NAME=VALUE lines, got one starting {name[:40]!r}")
+        pairs[name] = value
+    return pairs

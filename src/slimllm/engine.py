@@ -22,3 +22,14 @@ def docker_client(timeout: int = 300) -> Any:
     except Exception as exc:  # the SDK raises several unrelated types when no engine answers
         raise EngineError(f"no Docker engine answers: {exc}") from None
     return client
+
+
+def engine_refusal(exc: BaseException) -> str | None:
+    """The engine's own explanation when `exc` is a docker SDK error; None for anything else."""
+    try:
+        errors: Any = importlib.import_module("docker.errors")
+    except ImportError:
+        return None
+    if isinstance(exc, errors.DockerException):
+        return str(getattr(exc, "explanation", None) or exc)
+    return None

@@ -96,6 +96,13 @@ def mask(value: str) -> None:
             print(f"::add-mask::{_escape_data(line)}", file=_stdout(), flush=True)
 
 
+def github_token() -> str:
+    """The API token from SLIMLLM_GITHUB_TOKEN or GITHUB_TOKEN, masked at once; "" when neither is set."""
+    token = os.environ.get("SLIMLLM_GITHUB_TOKEN") or os.environ.get("GITHUB_TOKEN") or ""
+    mask(token)
+    return token
+
+
 @contextmanager
 def group(title: str) -> Iterator[None]:
     """A collapsible log group; a plain heading outside GitHub."""

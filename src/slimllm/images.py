@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from slimllm import gha
-from slimllm.clitypes import LINE
+from slimllm.clitypes import LINE, parse_pairs
 from slimllm.errors import UserError
 
 
@@ -93,19 +93,6 @@ def _items(values: Sequence[str]) -> list[str]:
     return [item for value in values for item in re.split(r"[\s,]+", value) if item]
 
 
-def _pairs(lines: Sequence[str], what: str, key: re.Pattern[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for line in (line.strip() for value in lines for line in value.splitlines()):
-        if not line:
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not key.fullmatch(name):
-            # The value may be a secret: only the part before '=' is shown.
-            raise UserError(f"{what}: expected NAME=VALUE lines, got one starting {name[:40]!r}")
-        pairs[name] = value
-    return pairs
-
-
 def plan_build(
     *,
     images: Sequence[str],
@@ -165,12 +152,12 @@ def plan_build(
         )
 
     files: dict[str, Path] = {}
-    for secret_id, path in _pairs(secret_files, "secret-files", _SECRET_ID).items():
+    for secret_id, path in parse_pairs(secret_files, "secret-files", _SECRET_ID).items():
         file = Path(path).expanduser()
         if not file.is_file():
             raise UserError(f"secret-files: {secret_id}: no file at {path}")
         files[secret_id] = file
-    values = _pairs(secrets, "secrets", _SECRET_ID)
+    values = parse_pairs(secrets, "secrets", _SECRET_ID)
     for value in values.values():
         gha.mask(value)
     clash = set(files) & set(values)
@@ -185,7 +172,7 @@ def plan_build(
         tags=tag_list,
         cache=cache,
         cache_dir=cache_dir,
-        build_args=_pairs(build_args, "build-args", _ARG_NAME),
+        build_args=parse_pairs(build_args, "build-args", _ARG_NAME),
         secret_files=files,
         secrets=values,
         labels=_source_labels(environ),

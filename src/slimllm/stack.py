@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,11 @@ from typing import Any
 
 import click
 import httpx
+from click.decorators import FC
 
 from slimllm import gha
-from slimllm.clitypes import LINE
-from slimllm.engine import EngineError, docker_client
+from slimllm.clitypes import LINE, parse_pairs
+from slimllm.engine import EngineError, docker_client, engine_refusal
 from slimllm.errors import UserError
 from slimllm.inference.server import preset_names, read_preset
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
@@ -38,6 +39,7 @@ LABEL = "io.slimllm.action-stack"
 ROLE_LABEL = "io.slimllm.role"
 _STACK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,39}")
+_INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "HF_TOKEN")
 INFERENCE_PORT, CHAT_PORT, METRICS_PORT = 8080, 8000, 20241
@@ -359,10 +361,10 @@ def up(settings: StackSettings) -> dict[str, Any]:
         # Leave nothing half-started behind; the logs are the user's only clue.
         dump_logs(client, name)
         remove(client, name)
-        if type(exc).__module__.startswith("docker."):
+        refusal = engine_refusal(exc)
+        if refusal is not None:
             # The engine refused something (a port in use, an image for another platform): say what.
-            explanation = getattr(exc, "explanation", None) or str(exc)
-            raise UserError(f"the Docker engine refused to start the stack: {explanation}") from None
+            raise UserError(f"the Docker engine refused to start the stack: {refusal}") from None
         raise
 
     local_url = chat_url or urls[settings.models[0].name]
@@ -515,6 +517,55 @@ NAME_OPTION = click.option(
 )
 
 
+def _options(*options: Callable[[FC], FC]) -> Callable[[FC], FC]:
+    """Several click options as one decorator, for commands that share them."""
+
+    def apply(command: FC) -> FC:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+# The models to serve and where they live: `stack up` starts them, `stack plan` keys their cache.
+_MODEL_OPTIONS = _options(
+    click.option(
+        "--models",
+        "presets",
+        envvar="SLIMLLM_PRESETS",
+        show_envvar=True,
+        default="",
+        help="Model presets, comma separated (e.g., default,qwen); default: 'default' unless --model-repo.",
+    ),
+    click.option(
+        "--model-repo",
+        envvar="SLIMLLM_MODEL_REPO",
+        show_envvar=True,
+        help="Hugging Face repo of one more model (e.g., Qwen/Qwen2.5-0.5B-Instruct-GGUF).",
+    ),
+    click.option(
+        "--model-file",
+        envvar="SLIMLLM_MODEL_FILE",
+        show_envvar=True,
+        help="GGUF file in that repo (e.g., qwen2.5-0.5b-instruct-q4_k_m.gguf).",
+    ),
+    click.option(
+        "--model-revision",
+        envvar="SLIMLLM_MODEL_REVISION",
+        show_envvar=True,
+        help="Branch, tag or commit of that repo.",
+    ),
+    click.option(
+        "--models-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="SLIMLLM_MODELS_DIR",
+        show_envvar=True,
+        help="Host directory of the models (default: RUNNER_TEMP/slimllm-models on a runner, or ./models).",
+    ),
+)
+
+
 def _name(value: str) -> str:
     if not _STACK_NAME.fullmatch(value):
         raise UserError(f"stack name {value!r} must be 1-40 lowercase letters, digits or '-'")
@@ -523,32 +574,7 @@ def _name(value: str) -> str:
 
 @stack.command("up")
 @NAME_OPTION
-@click.option(
-    "--models",
-    "presets",
-    envvar="SLIMLLM_PRESETS",
-    show_envvar=True,
-    default="",
-    help="Model presets, comma separated (e.g., default,qwen); default: 'default' unless --model-repo.",
-)
-@click.option(
-    "--model-repo",
-    envvar="SLIMLLM_MODEL_REPO",
-    show_envvar=True,
-    help="Hugging Face repo of one more model (e.g., Qwen/Qwen2.5-0.5B-Instruct-GGUF).",
-)
-@click.option(
-    "--model-file",
-    envvar="SLIMLLM_MODEL_FILE",
-    show_envvar=True,
-    help="GGUF file in that repo (e.g., qwen2.5-0.5b-instruct-q4_k_m.gguf).",
-)
-@click.option(
-    "--model-revision",
-    envvar="SLIMLLM_MODEL_REVISION",
-    show_envvar=True,
-    help="Branch, tag or commit of that repo.",
-)
+@_MODEL_OPTIONS
 @click.option(
     "--model-sha256", envvar="SLIMLLM_MODEL_SHA256", show_envvar=True, help="Expected sha256 of that file."
 )
@@ -563,13 +589,6 @@ def _name(value: str) -> str:
     envvar="SLIMLLM_CHAT_FORMAT",
     show_envvar=True,
     help="Chat template of that model when its GGUF has none (e.g., chatml).",
-)
-@click.option(
-    "--models-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SLIMLLM_MODELS_DIR",
-    show_envvar=True,
-    help="Host directory for the models (default: RUNNER_TEMP/slimllm-models on a runner, else ./models).",
 )
 @click.option(
     "--chat/--no-chat",
@@ -713,26 +732,7 @@ def stack_up(
 
 
 @stack.command("plan")
-@click.option(
-    "--models",
-    "presets",
-    envvar="SLIMLLM_PRESETS",
-    show_envvar=True,
-    default="",
-    help="Model presets, as for `stack up`.",
-)
-@click.option("--model-repo", envvar="SLIMLLM_MODEL_REPO", show_envvar=True, help="As for `stack up`.")
-@click.option("--model-file", envvar="SLIMLLM_MODEL_FILE", show_envvar=True, help="As for `stack up`.")
-@click.option(
-    "--model-revision", envvar="SLIMLLM_MODEL_REVISION", show_envvar=True, help="As for `stack up`."
-)
-@click.option(
-    "--models-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SLIMLLM_MODELS_DIR",
-    show_envvar=True,
-    help="As for `stack up`.",
-)
+@_MODEL_OPTIONS
 def stack_plan(
     presets: str,
     model_repo: str | None,
@@ -889,17 +889,11 @@ def stack_handoff(
     from slimllm.handoff import Handoff, HandoffError, HandoffPlan
     from slimllm.reports.regression import connect
 
-    token = os.environ.get("SLIMLLM_GITHUB_TOKEN") or os.environ.get("GITHUB_TOKEN") or ""
+    token = gha.github_token()
     if not token:
         raise UserError("no GitHub token: set GITHUB_TOKEN (the job needs `permissions: actions: write`)")
-    gha.mask(token)
     name = _name(name)
-    pairs = {}
-    for line in inputs:
-        key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key):
-            raise UserError(f"--input: expected NAME=VALUE, got {line[:40]!r}")
-        pairs[key] = value
+    pairs = parse_pairs(inputs, "--input", _INPUT_NAME)
     client = _docker()
     if not _containers(client, name):
         raise UserError(f"no stack named {name!r} is running")

@@ -357,10 +357,9 @@ def regression(report_file: Path, repo: str | None, api_url: str, label: str) ->
     needs `permissions: issues: write`) and is never printed. Step outputs: issue-action, issue-number,
     issue-url.
     """
-    token = os.environ.get("SLIMLLM_GITHUB_TOKEN") or os.environ.get("GITHUB_TOKEN") or ""
+    token = gha.github_token()
     if not token:
         _fail("no GitHub token: set GITHUB_TOKEN (e.g. `env: GITHUB_TOKEN: ${{ github.token }}`)")
-    gha.mask(token)
     if not repo or repo.count("/") != 1:
         _fail(f"--repo must be owner/name, got {repo!r}" if repo else "no repository: give --repo")
     try:
