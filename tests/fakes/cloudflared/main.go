@@ -29,10 +29,13 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -55,6 +58,8 @@ const (
 	connectDelay = 300 * time.Millisecond
 	// How long the edge takes to notice an unregistered connection, in this stand-in.
 	unregisterDelay = 1 * time.Second
+	// Cloudflare's edge refuses larger request bodies on the free plan.
+	maxRequestBody = 100 << 20
 )
 
 type options struct {
@@ -241,6 +246,26 @@ func main() {
 	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		inFlight.Add(1)
 		defer inFlight.Add(-1)
+		// Read the request body before proxying. Go's HTTP/1 server closes an inbound body once the
+		// response starts, and the transport reads the body once more after copying it; when the
+		// origin answers first (a streaming server does), that late read fails and the transport
+		// drops the connection, cutting the answer after its headers (golang/go#40747).
+		if r.Body != nil && r.ContentLength != 0 {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBody))
+			if err != nil {
+				status := http.StatusBadRequest
+				var tooLarge *http.MaxBytesError
+				if errors.As(err, &tooLarge) {
+					status = http.StatusRequestEntityTooLarge
+				}
+				http.Error(w, "test double: cannot read the request body: "+err.Error(), status)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+			r.Header.Del("Transfer-Encoding")
+			r.TransferEncoding = nil
+		}
 		edge.ServeHTTP(w, r)
 	})
 	go func() {
