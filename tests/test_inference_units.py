@@ -4,6 +4,8 @@ driven through the real ASGI app with a stand-in engine object."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from starlette.testclient import TestClient
 from slimllm.inference.api import ENGINE_STALL_SECONDS, Settings, create_app
 from slimllm.inference.chat import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import EngineError, Stats, _StopScanner
+from slimllm.inference.mailbox import Mailbox, _write_keeping_gil
 from slimllm.inference.server import preset_names, read_preset
 
 
@@ -164,3 +167,41 @@ def test_failed_load_is_fatal_and_reported() -> None:
             body = client.get("/health").json()
     assert body == {"status": "error", "reason": "llama.cpp cannot load x.gguf"}
     assert fatal == ["llama.cpp cannot load x.gguf"]
+
+
+def test_mailbox_delivers_in_order_on_the_loop_thread() -> None:
+    received: list[tuple[str, int]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop)
+        done = asyncio.Event()
+        loop_thread = threading.get_ident()
+
+        def deliver(item: tuple[str, int]) -> None:
+            assert threading.get_ident() == loop_thread
+            received.append(item)
+            if len(received) == 2000:
+                done.set()
+
+        def producer(name: str) -> None:
+            for i in range(1000):
+                mailbox.post(deliver, (name, i))
+
+        threads = [threading.Thread(target=producer, args=(name,)) for name in "ab"]
+        for thread in threads:
+            thread.start()
+        await asyncio.wait_for(done.wait(), 10)
+        for thread in threads:
+            thread.join()
+        mailbox.close()
+
+    asyncio.run(scenario())
+    for name in "ab":
+        assert [i for n, i in received if n == name] == list(range(1000))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C library is looked up as on Linux")
+def test_mailbox_wakes_the_loop_without_releasing_the_gil() -> None:
+    # The plain os.write fallback releases the GIL and costs the engine its head start on the loop.
+    assert _write_keeping_gil is not None

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slimllm.inference.chat import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
+from slimllm.inference.mailbox import Mailbox
 from slimllm.model import ModelError
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 
@@ -60,6 +61,7 @@ class ServerState:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.loaded_at: float = 0.0
+        self.mailbox: Mailbox | None = None  # made on the loop's thread by the first request
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -239,6 +241,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         yield
         if state.engine is not None:
             state.engine.stop()
+        if state.mailbox is not None:
+            state.mailbox.close()
 
     async def health(request: Request) -> Response:
         engine = state.engine
@@ -313,11 +317,13 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     def submit(
         engine: Engine, prompt: list[int], max_tokens: int, body: dict[str, Any]
     ) -> tuple[Job, asyncio.Queue[Event]]:
-        loop = asyncio.get_running_loop()
+        if state.mailbox is None:
+            state.mailbox = Mailbox(asyncio.get_running_loop())
+        mailbox = state.mailbox
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:  # called on the engine's thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            mailbox.post(events.put_nowait, event)
 
         job = Job(
             prompt=prompt,
