@@ -177,13 +177,16 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="single-stream requests per server")
+    parser.add_argument("--rounds", type=int, default=11, help="single-stream requests per server")
     parser.add_argument("--tokens", type=int, default=128, help="completion tokens per request")
     parser.add_argument(
         "--streams",
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1, 2, 4, 8],
         help="concurrent stream counts for the aggregate test, comma separated (default: 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--aggregate-runs", type=int, default=3, help="runs per stream count, the median is reported"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
     parser.add_argument(
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": args.tokens,
         "rounds": args.rounds,
         "streams": args.streams,
+        "aggregate_runs": args.aggregate_runs,
     }
     servers = {"slimllm": OURS, "llama_server": PEER}
     for name, image in servers.items():
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 stream_once(server.url, 8)
                 result[name][f"aggregate_tps_{streams}"] = statistics.median(
-                    concurrent_streams(server.url, streams, args.tokens) for _ in range(2)
+                    concurrent_streams(server.url, streams, args.tokens) for _ in range(args.aggregate_runs)
                 )
                 result[name][f"slots_{streams}"] = slots
             finally:

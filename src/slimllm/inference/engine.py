@@ -176,6 +176,10 @@ class Engine:
         cparams.n_batch = self.batch_size
         cparams.n_ubatch = min(self.batch_size, 512)
         cparams.n_seq_max = self.slots_count
+        # As llama-server: sliding-window layers (Gemma 3) keep their window, not the whole context.
+        # A full-size window cache only serves prompt-prefix reuse, which this engine does not do;
+        # Gemma 3 270M at 4096 tokens: 27 MB of KV cache per slot instead of 72 MB.
+        cparams.swa_full = False
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
