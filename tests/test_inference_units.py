@@ -5,6 +5,7 @@ driven through the real ASGI app with a stand-in engine object."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -205,3 +206,22 @@ def test_mailbox_delivers_in_order_on_the_loop_thread() -> None:
 def test_mailbox_wakes_the_loop_without_releasing_the_gil() -> None:
     # The plain os.write fallback releases the GIL and costs the engine its head start on the loop.
     assert _write_keeping_gil is not None
+
+
+def test_mailbox_ignores_posts_after_close() -> None:
+    async def scenario() -> None:
+        mailbox = Mailbox(asyncio.get_running_loop())
+        mailbox.close()
+        # The closed pipe's numbers go to the next file opened; a late post must not write there.
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        try:
+            mailbox.post(lambda item: pytest.fail(f"delivered after close: {item}"), 1)
+            await asyncio.sleep(0.05)
+            with pytest.raises(BlockingIOError):
+                os.read(read_fd, 1)
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
+
+    asyncio.run(scenario())

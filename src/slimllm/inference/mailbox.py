@@ -34,6 +34,7 @@ class Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
+        self._closed = False
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         # A full pipe means the loop already has a wakeup pending; the write may then fail.
@@ -41,7 +42,9 @@ class Mailbox:
         loop.add_reader(self._read_fd, self._drain)
 
     def post(self, callback: Callable[[Any], None], item: Any) -> None:
-        """Any thread: queue the call and wake the loop."""
+        """Any thread: queue the call and wake the loop. After close() it does nothing."""
+        if self._closed:  # an engine still finishing a step while the server shuts down
+            return
         self._items.append((callback, item))  # deque appends are atomic
         if _write_keeping_gil is not None:
             _write_keeping_gil(self._write_fd, b"\0", 1)
@@ -59,6 +62,7 @@ class Mailbox:
             callback(item)
 
     def close(self) -> None:
+        self._closed = True
         self._loop.remove_reader(self._read_fd)
         os.close(self._read_fd)
         os.close(self._write_fd)
