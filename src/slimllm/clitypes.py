@@ -20,6 +20,11 @@ class _Line(click.types.StringParamType):
 LINE = _Line()
 
 
+def split_items(values: Sequence[str]) -> list[str]:
+    """Items of list inputs: comma, space or newline separated, blanks dropped, order kept."""
+    return [item for value in values for item in re.split(r"[\s,]+", value) if item]
+
+
 def parse_pairs(lines: Sequence[str], what: str, key: re.Pattern[str]) -> dict[str, str]:
     """NAME=VALUE lines (each value may hold several, one per line) into a dict; blank lines skipped."""
     pairs: dict[str, str] = {}

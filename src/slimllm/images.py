@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from slimllm import gha
-from slimllm.clitypes import LINE, parse_pairs
+from slimllm.clitypes import LINE, parse_pairs, split_items
 from slimllm.errors import UserError
 
 
@@ -88,11 +88,6 @@ class BuildPlan:
         return [f"{self.registry}/{image.name}:{tag}{suffix}" for tag in self.tags]
 
 
-def _items(values: Sequence[str]) -> list[str]:
-    """Items of list inputs: comma, space or newline separated, blanks dropped, order kept."""
-    return [item for value in values for item in re.split(r"[\s,]+", value) if item]
-
-
 def plan_build(
     *,
     images: Sequence[str],
@@ -107,7 +102,7 @@ def plan_build(
     secrets: Sequence[str],
     environ: Mapping[str, str] = os.environ,
 ) -> BuildPlan:
-    names = _items(images) or ["all"]
+    names = split_items(images) or ["all"]
     if "all" in names:
         names = list(CATALOG)
     unknown = [name for name in names if name not in CATALOG]
@@ -115,7 +110,7 @@ def plan_build(
         raise UserError(f"unknown image {unknown[0]!r}; choose from: all, {', '.join(CATALOG)}")
     chosen = [CATALOG[name] for name in dict.fromkeys(names)]
 
-    platform_list = list(dict.fromkeys(_items(platforms)))
+    platform_list = list(dict.fromkeys(split_items(platforms)))
     for platform in platform_list:
         if not _PLATFORM.fullmatch(platform):
             raise UserError(
@@ -130,7 +125,7 @@ def plan_build(
     if push and registry == DEFAULT_REGISTRY:
         raise UserError("push needs a registry to push to (e.g., registry.example.com/acme)")
 
-    tag_list = list(dict.fromkeys(_items(tags))) or ["local"]
+    tag_list = list(dict.fromkeys(split_items(tags))) or ["local"]
     for tag in tag_list:
         if not _TAG.fullmatch(tag):
             raise UserError(
@@ -199,6 +194,7 @@ class BuildStep:
     refs: tuple[str, ...]
     argv: tuple[str, ...]
     env: Mapping[str, str]
+    metadata: Path  # where buildx writes the digest (--metadata-file)
 
 
 def build_steps(
@@ -240,7 +236,7 @@ def build_steps(
                 argv += ["--secret", f"id={secret_id},env={variable}"]
             metadata = metadata_dir / f"{image.name}-{len(steps)}.json"
             argv += ["--metadata-file", str(metadata), str(root / image.context)]
-            steps.append(BuildStep(image, platforms, tuple(refs), tuple(argv), env))
+            steps.append(BuildStep(image, platforms, tuple(refs), tuple(argv), env, metadata))
     return steps
 
 
@@ -335,9 +331,8 @@ def run_build(plan: BuildPlan, root: Path) -> list[Built]:
                 raise UserError(
                     f"{title} failed (docker buildx exit status {result.returncode}); see the log above"
                 )
-            metadata = Path(step.argv[step.argv.index("--metadata-file") + 1])
             size = None if plan.push else _local_size(step.refs[0])
-            built.append(Built(step, seconds, _digest(metadata), size))
+            built.append(Built(step, seconds, _digest(step.metadata), size))
     return built
 
 

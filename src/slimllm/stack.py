@@ -28,12 +28,13 @@ import httpx
 from click.decorators import FC
 
 from slimllm import gha
-from slimllm.clitypes import LINE, parse_pairs
+from slimllm.clitypes import LINE, parse_pairs, split_items
 from slimllm.engine import EngineError, docker_client, engine_refusal
 from slimllm.errors import UserError
 from slimllm.inference.server import preset_names, read_preset
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
 from slimllm.reports.health import Prober, ProbeSettings, build_targets, render_health_markdown, run_health
+from slimllm.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url
 
 LABEL = "io.slimllm.action-stack"
 ROLE_LABEL = "io.slimllm.role"
@@ -42,7 +43,7 @@ _MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,39}")
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "HF_TOKEN")
-INFERENCE_PORT, CHAT_PORT, METRICS_PORT = 8080, 8000, 20241
+INFERENCE_PORT, CHAT_PORT = 8080, 8000
 
 # A tmpfs over the container's /tmp (its root filesystem is read-only), not a path on this host.
 TMPFS = {"/tmp": ""}  # noqa: S108
@@ -157,9 +158,7 @@ def _docker() -> Any:
 
 def _mask_secrets() -> None:
     for variable in SECRET_VARIABLES:
-        value = os.environ.get(variable, "")
-        if value:
-            gha.mask(value)
+        gha.mask(os.environ.get(variable, ""))
 
 
 def _containers(client: Any, name: str) -> list[Any]:
@@ -182,7 +181,7 @@ def _image(client: Any, ref: str, role: str) -> None:
 
 
 def _published(container: Any, port: int) -> str:
-    container.reload()
+    """The host URL of a published port; `container` must be fresh (listed, or reloaded after start)."""
     bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
     if not bindings:
         raise UserError(f"{container.name} publishes no port {port}")
@@ -226,7 +225,6 @@ class StackSettings:
 
 def up(settings: StackSettings) -> dict[str, Any]:
     """Fetch the models, start the containers, wait until healthy; returns the step outputs."""
-    _mask_secrets()
     client = _docker()
     name = settings.name
     if _containers(client, name):
@@ -255,7 +253,7 @@ def up(settings: StackSettings) -> dict[str, Any]:
     api_key = os.environ.get("SLIMLLM_API_KEY", "")
 
     def run(image: str, role: str, **kwargs: Any) -> Any:
-        return client.containers.run(
+        container = client.containers.run(
             image,
             name=f"{name}-{role}",
             detach=True,
@@ -264,6 +262,8 @@ def up(settings: StackSettings) -> dict[str, Any]:
             **HARDENING,
             **kwargs,
         )
+        container.reload()  # the object is from before the start: no published ports yet
+        return container
 
     try:
         servers = {}
@@ -334,8 +334,6 @@ def up(settings: StackSettings) -> dict[str, Any]:
                 pids_limit=64,
             )
             if not token:
-                from slimllm.tunnel import TunnelError, discover_tunnel_url
-
                 remaining = max(5.0, deadline - time.monotonic())
                 try:
                     tunnel_url = discover_tunnel_url(_published(tunnel, METRICS_PORT), timeout=remaining)
@@ -455,14 +453,15 @@ def _until_signalled() -> Iterator[list[bool]]:
 def watch(name: str, duration: int, interval: float) -> dict[str, Any]:
     """Keep the stack up for `duration` seconds: restart containers that stop or turn unhealthy."""
     client = _docker()
-    if not _containers(client, name):
+    containers = _containers(client, name)
+    if not containers:
         raise UserError(f"no stack named {name!r} is running")
     restarts: dict[str, int] = {}
     end = time.monotonic() + duration
     next_note = time.monotonic()
     with _until_signalled() as stop:
         while not stop[0] and time.monotonic() < end:
-            for container in _containers(client, name):
+            for container in containers:
                 state = container.attrs.get("State", {})
                 health = (state.get("Health") or {}).get("Status", "")
                 if container.status != "running" or health == "unhealthy":
@@ -476,9 +475,10 @@ def watch(name: str, duration: int, interval: float) -> dict[str, Any]:
             deadline = min(end, time.monotonic() + interval)
             while not stop[0] and time.monotonic() < deadline:
                 time.sleep(0.5)
+            containers = _containers(client, name)
     urls = {}
     chat_url = ""
-    for container in _containers(client, name):
+    for container in containers:
         role = container.labels.get(ROLE_LABEL, "")
         if role in ("tunnel", "monitor"):
             continue
@@ -769,7 +769,7 @@ def _models_dir(value: Path | None) -> Path:
 
 def _preset_list(presets: str, repo: str | None, file: str | None) -> list[str]:
     """The presets asked for; `default` when neither a preset nor a Hugging Face model is."""
-    return [p for p in re.split(r"[\s,]+", presets) if p] or ([] if repo or file else ["default"])
+    return split_items([presets]) or ([] if repo or file else ["default"])
 
 
 @stack.command("watch")

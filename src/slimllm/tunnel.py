@@ -19,7 +19,8 @@ from slimllm import gha
 from slimllm.errors import UserError
 
 # The metrics port the cloudflared image fixes (docker/cloudflared), published on this host.
-DEFAULT_METRICS_URL = "http://127.0.0.1:20241"
+METRICS_PORT = 20241
+DEFAULT_METRICS_URL = f"http://127.0.0.1:{METRICS_PORT}"
 
 # Only quick-tunnel hosts: cloudflared's log also carries other https URLs (its terms of use).
 _HOST = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.trycloudflare\.com"

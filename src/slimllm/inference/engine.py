@@ -319,13 +319,12 @@ class Engine:
                 self.last_progress = time.monotonic()
         except Exception:
             log.exception("the engine worker stopped")
-            self._deliver()
             for slot in self._slots:
                 if slot.job is not None:
-                    slot.job.emit(("error", "the inference engine failed"))
+                    self._outbox.append((slot.job, ("error", "the inference engine failed")))
             raise
         finally:
-            self._deliver()  # a stop between steps leaves the last step's events here
+            self._deliver()  # a stop or a failure between steps leaves events here
             self.busy = False
 
     def _admit(self) -> None:
@@ -421,10 +420,10 @@ class Engine:
                 slot.position += 1
                 sample_at.append((slot, n))
                 n += 1
-        self._deliver()
         if n == 0:
             return
         batch.n_tokens = n
+        self._deliver()
         started = time.monotonic()
         rc = lib.llama_decode(self._ctx, batch)
         elapsed = time.monotonic() - started

@@ -263,7 +263,6 @@ func main() {
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
-			r.Header.Del("Transfer-Encoding")
 			r.TransferEncoding = nil
 		}
 		edge.ServeHTTP(w, r)
