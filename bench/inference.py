@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         help="concurrent stream counts for the aggregate test, comma separated (default: 1,2,4,8)",
     )
     parser.add_argument(
-        "--aggregate-runs", type=int, default=3, help="runs per stream count, the median is reported"
+        "--aggregate-runs", type=int, default=5, help="runs per stream count, the median is reported"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
     parser.add_argument(
@@ -250,20 +250,28 @@ def main(argv: list[str] | None = None) -> int:
         for server in running.values():
             server.container.remove(force=True)
 
-    # Each stream count on freshly started servers with that many slots (llama-server: -np), the
-    # order of the two servers alternating from one count to the next.
-    for i, streams in enumerate(args.streams):
+    # Each stream count on freshly started servers with that many slots (llama-server: -np). Both
+    # servers run side by side, idle while the other is measured, and their runs alternate, so
+    # that drift in the machine's speed (large on a small VM) favours neither.
+    for streams in args.streams:
         slots = args.slots or streams
-        order = list(servers) if i % 2 == 0 else list(reversed(list(servers)))
-        for name in order:
-            server = start(client, name, servers[name], models, model.name, args.threads, slots, 4096)
-            try:
-                stream_once(server.url, 8)
-                result[name][f"aggregate_tps_{streams}"] = statistics.median(
-                    concurrent_streams(server.url, streams, args.tokens) for _ in range(args.aggregate_runs)
-                )
+        running = {
+            name: start(client, name, image, models, model.name, args.threads, slots, 4096)
+            for name, image in servers.items()
+        }
+        try:
+            for server in running.values():
+                stream_once(server.url, 8)  # warm-up, not measured
+            samples: dict[str, list[float]] = {name: [] for name in running}
+            order = list(running)
+            for i in range(args.aggregate_runs):
+                for name in order if i % 2 == 0 else reversed(order):
+                    samples[name].append(concurrent_streams(running[name].url, streams, args.tokens))
+            for name in running:
+                result[name][f"aggregate_tps_{streams}"] = statistics.median(samples[name])
                 result[name][f"slots_{streams}"] = slots
-            finally:
+        finally:
+            for server in running.values():
                 server.container.remove(force=True)
 
     ours, peer = result["slimllm"], result["llama_server"]

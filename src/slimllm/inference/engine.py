@@ -5,6 +5,16 @@ slot — a chunk of prompt for slots still reading their prompt, the last sample
 that are generating — decodes it once, and samples each slot's next token with that slot's own
 sampler chain. Requests wait in a bounded queue for a free slot. Everything that touches llama.cpp
 happens on the worker thread; the HTTP side only exchanges plain Python objects with it.
+
+Batch invariance. llama.cpp's CPU kernels do not all add up in the same order for every batch
+shape, so a prompt's greedy text could change with the requests that share its batch. With
+`batch_invariant` (and more than one slot) every token goes through kernels whose result for one
+row does not depend on the other rows: no weight repacking (its 8x8 Q4_K kernels differ from the
+one-row ones and by column position) and no tiled K-quant matmul, so each weight matrix is
+multiplied row by row the same way; flash attention over one KV stream per slot, so a sequence's
+cells keep their order whatever else runs; and keys stored as Q8_0, which keeps flash attention on
+its one-row-at-a-time kernel (its tiled kernel for 64+ query rows and its split-KV kernel for a
+lone row over 512+ cells only take F16/F32 keys).
 """
 
 from __future__ import annotations
@@ -120,9 +130,12 @@ class Engine:
         chat_format: str | None = None,
         chat_template: str | None = None,
         chat_template_origin: str = "file",
+        batch_invariant: bool = True,
     ) -> None:
         self.model_path = model_path
         self.slots_count = max(1, slots)
+        # One slot never shares a batch: nothing to keep invariant, so nothing to pay for it.
+        self.batch_invariant = batch_invariant and self.slots_count > 1
         self.queue_size = queue_size
         self.threads = threads or len(os.sched_getaffinity(0))
         self.batch_size = batch_size
@@ -160,8 +173,12 @@ class Engine:
 
     def _load(self, ctx_size: int) -> None:
         lib = self._lib
+        if self.batch_invariant:
+            # ggml reads it once per process, at the first matrix multiplication.
+            os.environ["GGML_CPU_TILED_MM"] = "0"
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
+        mparams.use_extra_bufts = not self.batch_invariant
         self._model = lib.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self._model:
             raise EngineError(
@@ -183,6 +200,11 @@ class Engine:
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
+        if self.batch_invariant:
+            cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            cparams.kv_unified = False
+            cparams.type_k = lib.GGML_TYPE_Q8_0
+            log.info("batch invariance on: keys cached as Q8_0, flash attention, no weight repacking")
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise EngineError(

@@ -169,6 +169,14 @@ def _read_secret_file(path: Path | None) -> str | None:
     help="Requests decoded together; each slot gets --ctx-size tokens.",
 )
 @click.option(
+    "--batch-invariant/--no-batch-invariant",
+    default=True,
+    envvar="SLIMLLM_BATCH_INVARIANT",
+    show_envvar=True,
+    help="With more than one slot: a request's text at temperature 0 does not depend on the "
+    "requests batched with it (keys cached as Q8_0, no weight repacking).",
+)
+@click.option(
     "--chat-format",
     envvar="SLIMLLM_CHAT_FORMAT",
     show_envvar=True,
@@ -248,6 +256,7 @@ def serve(
     threads: int | None,
     batch_size: int,
     slots: int,
+    batch_invariant: bool,
     chat_format: str | None,
     chat_template_file: Path | None,
     host: str,
@@ -291,6 +300,7 @@ def serve(
                 "threads": threads,
                 "batch_size": batch_size,
                 "slots": slots,
+                "batch_invariant": batch_invariant,
                 "queue_size": queue_size,
                 "chat_format": chat_format,
                 "chat_template": template,
