@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,29 @@ def health_latency_during_generation(url: str) -> dict[str, float]:
     }
 
 
+def alternating(names: list[str], rounds: int) -> Iterator[str]:
+    """Each name once a round, in reverse order every other round, so drift favours none."""
+    for i in range(rounds):
+        yield from names if i % 2 == 0 else reversed(names)
+
+
+@contextlib.contextmanager
+def side_by_side(
+    client: Any, servers: dict[str, str], models: Path, model_file: str, threads: int, slots: int
+) -> Iterator[dict[str, Running]]:
+    """Both servers started and warmed up; each stays idle while the other is measured."""
+    running: dict[str, Running] = {}
+    try:
+        for name, image in servers.items():
+            running[name] = start(client, name, image, models, model_file, threads, slots, 4096)
+        for server in running.values():
+            stream_once(server.url, 8)  # warm-up, not measured
+        yield running
+    finally:
+        for server in running.values():
+            server.container.remove(force=True)
+
+
 def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -222,57 +247,34 @@ def main(argv: list[str] | None = None) -> int:
     # Start -> healthy, alternating between the servers so the model file's page cache and other
     # noise favour neither; the median of three starts each.
     starts: dict[str, list[float]] = {name: [] for name in servers}
-    for i in range(3):
-        for name in servers if i % 2 == 0 else reversed(list(servers)):
-            server = start(client, name, servers[name], models, model.name, args.threads, 1, 4096)
-            starts[name].append(server.start_to_healthy)
-            server.container.remove(force=True)
+    for name in alternating(list(servers), 3):
+        server = start(client, name, servers[name], models, model.name, args.threads, 1, 4096)
+        starts[name].append(server.start_to_healthy)
+        server.container.remove(force=True)
     for name in servers:
         result[name]["start_to_healthy_s"] = statistics.median(starts[name])
 
-    running = {
-        name: start(client, name, image, models, model.name, args.threads, 1, 4096)
-        for name, image in servers.items()
-    }
-    try:
-        for server in running.values():
-            stream_once(server.url, 8)  # warm-up, not measured
+    with side_by_side(client, servers, models, model.name, args.threads, 1) as running:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
-        order = list(running)
-        for i in range(args.rounds):
-            for name in order if i % 2 == 0 else reversed(order):
-                runs[name].append(stream_once(running[name].url, args.tokens))
+        for name in alternating(list(running), args.rounds):
+            runs[name].append(stream_once(running[name].url, args.tokens))
         for name in running:
             result[name]["decode_tps_1"] = median_of(runs[name], "decode_tps")
             result[name]["ttft_s_1"] = median_of(runs[name], "ttft_s")
             result[name]["health_during_generation"] = health_latency_during_generation(running[name].url)
-    finally:
-        for server in running.values():
-            server.container.remove(force=True)
 
-    # Each stream count on freshly started servers with that many slots (llama-server: -np). Both
-    # servers run side by side, idle while the other is measured, and their runs alternate, so
-    # that drift in the machine's speed (large on a small VM) favours neither.
+    # Each stream count on freshly started servers with that many slots (llama-server: -np), side
+    # by side with alternating runs, so that drift in the machine's speed (large on a small VM)
+    # favours neither.
     for streams in args.streams:
         slots = args.slots or streams
-        running = {
-            name: start(client, name, image, models, model.name, args.threads, slots, 4096)
-            for name, image in servers.items()
-        }
-        try:
-            for server in running.values():
-                stream_once(server.url, 8)  # warm-up, not measured
+        with side_by_side(client, servers, models, model.name, args.threads, slots) as running:
             samples: dict[str, list[float]] = {name: [] for name in running}
-            order = list(running)
-            for i in range(args.aggregate_runs):
-                for name in order if i % 2 == 0 else reversed(order):
-                    samples[name].append(concurrent_streams(running[name].url, streams, args.tokens))
+            for name in alternating(list(running), args.aggregate_runs):
+                samples[name].append(concurrent_streams(running[name].url, streams, args.tokens))
             for name in running:
                 result[name][f"aggregate_tps_{streams}"] = statistics.median(samples[name])
                 result[name][f"slots_{streams}"] = slots
-        finally:
-            for server in running.values():
-                server.container.remove(force=True)
 
     ours, peer = result["slimllm"], result["llama_server"]
     result["ratios"] = {

@@ -61,7 +61,7 @@ class ServerState:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.loaded_at: float = 0.0
-        self.mailbox: Mailbox | None = None  # made on the loop's thread by the first request
+        self.mailbox: Mailbox | None = None  # made on the loop's thread when the app starts
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -236,13 +236,13 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.mailbox = Mailbox(asyncio.get_running_loop())
         loader = threading.Thread(target=load_in_background, name="model-loader", daemon=True)
         loader.start()
         yield
         if state.engine is not None:
             state.engine.stop()
-        if state.mailbox is not None:
-            state.mailbox.close()
+        state.mailbox.close()
 
     async def health(request: Request) -> Response:
         engine = state.engine
@@ -317,9 +317,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     def submit(
         engine: Engine, prompt: list[int], max_tokens: int, body: dict[str, Any]
     ) -> tuple[Job, asyncio.Queue[Event]]:
-        if state.mailbox is None:
-            state.mailbox = Mailbox(asyncio.get_running_loop())
         mailbox = state.mailbox
+        assert mailbox is not None  # the lifespan makes it before the first request
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:  # called on the engine's thread
