@@ -24,9 +24,9 @@ import pytest
 import responses
 
 from slimllm.cli import main
-from slimllm.handoff import READY_STEP, Handoff, HandoffError, HandoffPlan
+from slimllm.runner.handoff import READY_STEP, Handoff, HandoffError, HandoffPlan
 from slimllm.reports.regression import connect
-from slimllm.stack import METRICS_PORT, StackSettings, _published, plan_models, up
+from slimllm.runner.stack import METRICS_PORT, StackSettings, _published, plan_models, up
 from tests.fakes.edge import Edge
 
 # Fixtures reused as they are: the inference image, and the real cloudflared image around the

@@ -17,8 +17,8 @@ import pytest
 
 from slimllm.cli import main
 from slimllm.errors import UserError
-from slimllm.images import CATALOG, build_steps, plan_build
-from slimllm.stack import parse_duration, plan_models
+from slimllm.runner.images import CATALOG, build_steps, plan_build
+from slimllm.runner.stack import parse_duration, plan_models
 from tests.conftest import REPO_ROOT
 from tests.test_inference import inference_image  # noqa: F401  (the image the stack runs)
 

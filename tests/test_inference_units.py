@@ -16,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from slimllm.inference.api import ENGINE_STALL_SECONDS, Settings, create_app
-from slimllm.inference.chat import JinjaChatTemplate, TemplateError
+from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import EngineError, Stats, _StopScanner
 from slimllm.inference.mailbox import Mailbox, _write_keeping_gil
 from slimllm.inference.server import preset_names, read_preset

@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from slimllm.cli import main
-from slimllm.tunnel import TunnelError, discover_tunnel_url, url_from_log
+from slimllm.runner.tunnel import TunnelError, discover_tunnel_url, url_from_log
 from tests.conftest import REPO_ROOT, require
 from tests.dockerutil import buildx
 

@@ -1,4 +1,4 @@
-"""Tunnel URL discovery (slimllm.tunnel) against a real local HTTP server shaped like cloudflared's
+"""Tunnel URL discovery (slimllm.runner.tunnel) against a real local HTTP server shaped like cloudflared's
 metrics server. The same code against the cloudflared image is in test_sidecars.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from slimllm.cli import main
-from slimllm.tunnel import TunnelError, discover_tunnel_url, url_from_log
+from slimllm.runner.tunnel import TunnelError, discover_tunnel_url, url_from_log
 
 HOST = "gentle-river-test-words.trycloudflare.com"
 

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from slimllm.inference.chat import TemplateError
+from slimllm.inference.chat_templates import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
 from slimllm.inference.mailbox import Mailbox
 from slimllm.model import ModelError

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from slimllm.inference import binding
-from slimllm.inference.chat import (
+from slimllm.inference.chat_templates import (
     BuiltinChatTemplate,
     ChatRenderer,
     JinjaChatTemplate,

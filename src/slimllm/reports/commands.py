@@ -174,7 +174,7 @@ def sizes(
 
 
 def _docker_client() -> Any:
-    from slimllm.engine import EngineError, docker_client
+    from slimllm.docker_client import EngineError, docker_client
 
     try:
         return docker_client()

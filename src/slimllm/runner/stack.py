@@ -29,12 +29,12 @@ from click.decorators import FC
 
 from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs, split_items
-from slimllm.engine import EngineError, docker_client, engine_refusal
+from slimllm.docker_client import EngineError, docker_client, engine_refusal
 from slimllm.errors import UserError
 from slimllm.inference.server import preset_names, read_preset
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
 from slimllm.reports.health import Prober, ProbeSettings, build_targets, render_health_markdown, run_health
-from slimllm.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url
+from slimllm.runner.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url
 
 LABEL = "io.slimllm.action-stack"
 ROLE_LABEL = "io.slimllm.role"
@@ -886,7 +886,7 @@ def stack_handoff(
     GITHUB_TOKEN) needs `actions: write`. If the successor does not become ready, this stack keeps
     serving and the step fails. Step outputs: successor-run-id, exit-codes (JSON).
     """
-    from slimllm.handoff import Handoff, HandoffError, HandoffPlan
+    from slimllm.runner.handoff import Handoff, HandoffError, HandoffPlan
     from slimllm.reports.regression import connect
 
     token = gha.github_token()
