@@ -32,27 +32,38 @@ base-image: ## Make debian:bookworm-slim available (pull, or build it with deboo
 model: $(PY) ## Place the embedded default model in ./models
 	$(VENV)/bin/slimllm model fetch default --models-dir models
 
+# Image builds: docker-bake.hcl is their one definition (targets, platforms, tags, caches, the CA
+# secret); these targets run `docker buildx bake` on it, as `slimllm images build` and the tests do.
+# Images are named $(REGISTRY)/IMAGE:$(TAG). PLATFORMS=linux/amd64,linux/arm64 (or one foreign
+# platform) builds each platform on its own, tagged TAG-ARCH (slimllm/inference:local-arm64), and
+# gives TAG only to the engine's own platform, so the stacks never run an emulated image by
+# surprise. A foreign platform runs under QEMU (scripts/install-qemu.sh), and where
+# debian:bookworm-slim cannot be pulled it starts from the bootstrapped debian:bookworm-slim-<arch>
+# (scripts/base-image-args.sh).
+REGISTRY ?= slimllm
+TAG ?= local
+PLATFORMS ?=
 # Hand the host's CA bundle to image builds as a BuildKit secret when there is one (needed behind a
 # TLS-intercepting proxy, harmless elsewhere; never stored in a layer).
 BUILD_CA ?= /etc/ssl/certs/ca-certificates.crt
 comma := ,
-BUILD_SECRET = $(if $(wildcard $(BUILD_CA)),--secret id=ca$(comma)src=$(BUILD_CA),)
-# One platform for the single-image targets (e.g. PLATFORMS=linux/arm64: `--load` takes one at a
-# time); build-all takes a comma-separated list. A foreign platform runs under QEMU
-# (scripts/install-qemu.sh), and where debian:bookworm-slim cannot be pulled it starts from the
-# bootstrapped debian:bookworm-slim-<arch> (scripts/base-image-args.sh).
-PLATFORMS ?=
-BUILDX = docker buildx build --load $(BUILD_SECRET) $(if $(PLATFORMS),--platform $(PLATFORMS) $$(bash scripts/base-image-args.sh $(PLATFORMS)),)
+# $(call bake,PLATFORMS,TARGETS...). Buildx 0.20 and later refuse to read a file outside the
+# working directory unless allowed, older ones know no --allow.
+bake = SLIMLLM_BUILD_CA='$(wildcard $(BUILD_CA))' REGISTRY='$(REGISTRY)' TAG='$(TAG)' PLATFORMS='$(1)' \
+  BASE_IMAGES="$$(bash scripts/base-image-args.sh '$(1)')" \
+  docker buildx bake -f docker-bake.hcl --progress=plain $(BAKE_ALLOW) $(2)
+BAKE_ALLOW = $(if $(wildcard $(BUILD_CA)),$(shell docker buildx bake --help 2>/dev/null | grep -q -- --allow \
+  && echo --allow=fs.read=$(wildcard $(BUILD_CA))))
 PORT ?= 8080
 
 .PHONY: image-inference
-image-inference: ## Build the inference image (slimllm/inference)
-	$(BUILDX) -f app/inference/Dockerfile -t slimllm/inference .
+image-inference: ## Build the inference image (slimllm/inference:local; PLATFORMS=linux/arm64 for another)
+	$(call bake,$(PLATFORMS),inference)
 
 .PHONY: serve
 serve: model image-inference ## Serve the embedded default model on 127.0.0.1:8080 (set PORT to change)
 	docker run --rm --name slimllm-inference -p 127.0.0.1:$(PORT):8080 --read-only --tmpfs /tmp \
-	  -v "$(CURDIR)/models:/models:ro" slimllm/inference
+	  -v "$(CURDIR)/models:/models:ro" $(REGISTRY)/inference:$(firstword $(subst $(comma), ,$(TAG)))
 
 .PHONY: bench
 bench: ## Benchmark the inference image against llama-server (writes bench/results/inference.json)
@@ -90,52 +101,51 @@ for_each_stack = $(STACK_PROJECTS) | { pids=; while read -r project files; do \
   $(COMPOSE) -p "$$project" -f $${files//,/ -f } --profile tunnel $(1) & pids="$$pids $$!"; done; \
   [ -n "$$pids" ] || echo "no slimllm stack has containers"; \
   status=0; for pid in $$pids; do wait "$$pid" || status=1; done; exit "$$status"; }
-# Compose hands the host's CA bundle to pip in image builds (docker-compose.common.yml). On a host
-# without that bundle, hand it none rather than fail; set SLIMLLM_BUILD_CA to use another one.
-ifeq ($(wildcard /etc/ssl/certs/ca-certificates.crt),)
-export SLIMLLM_BUILD_CA ?= /dev/null
-endif
 
 .PHONY: setup
 setup: ## Create .env from .env.example (an existing .env is left as it is)
 	@if [ -e .env ]; then echo ".env exists already; compare it with .env.example"; \
 	else cp .env.example .env && chmod 600 .env && echo "wrote .env: edit it for the tunnel, API key and ports"; fi
 
+# The images the stacks run: docker-bake.hcl's `stack` group, and cloudflared when the tunnel
+# profile is on (COMPOSE_PROFILES=tunnel in the environment or in .env, as compose reads it).
+STACK_TARGETS = stack $$($(COMPOSE) -f docker-compose.yml config --images 2>/dev/null | grep -q '/cloudflared:' && echo cloudflared)
+
+.PHONY: images
+images: ## Build the images the stacks run, for the engine's own platform (what start-* run)
+	$(call bake,,$(STACK_TARGETS))
+
 .PHONY: build-all
 build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PROFILES=tunnel; PLATFORMS=linux/amd64,linux/arm64 for several)
-ifeq ($(PLATFORMS),)
-	$(COMPOSE) -f docker-compose.all.yml build
-else
-	bash scripts/build-platforms.sh '$(PLATFORMS)' docker-compose.all.yml
-endif
+	$(call bake,$(PLATFORMS),$(STACK_TARGETS))
 
 .PHONY: start-chat
-start-chat: ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
-	$(COMPOSE) -f docker-compose.yml up -d --build $(WAIT)
+start-chat: images ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
+	$(COMPOSE) -f docker-compose.yml up -d $(WAIT)
 
 .PHONY: start-chat-ui
-start-chat-ui: ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
-	$(COMPOSE) -f docker-compose.chat-interface.yml up -d --build $(WAIT)
+start-chat-ui: images ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
+	$(COMPOSE) -f docker-compose.chat-interface.yml up -d $(WAIT)
 
 .PHONY: start-inference
-start-inference: ## Start one inference server for SLIMLLM_PRESET (default: the embedded model)
-	$(COMPOSE) -f docker-compose.inference.yml up -d --build $(WAIT)
+start-inference: images ## Start one inference server for SLIMLLM_PRESET (default: the embedded model)
+	$(COMPOSE) -f docker-compose.inference.yml up -d $(WAIT)
 
 .PHONY: start-phi
-start-phi: ## Start Phi-3-mini-4k-instruct on http://127.0.0.1:8081 (downloads 2.4 GB once)
-	$(COMPOSE) -f docker-compose.phi.yml up -d --build $(WAIT)
+start-phi: images ## Start Phi-3-mini-4k-instruct on http://127.0.0.1:8081 (downloads 2.4 GB once)
+	$(COMPOSE) -f docker-compose.phi.yml up -d $(WAIT)
 
 .PHONY: start-qwen
-start-qwen: ## Start Qwen2.5-3B-Instruct on http://127.0.0.1:8082 (downloads 2.1 GB once)
-	$(COMPOSE) -f docker-compose.qwen.yml up -d --build $(WAIT)
+start-qwen: images ## Start Qwen2.5-3B-Instruct on http://127.0.0.1:8082 (downloads 2.1 GB once)
+	$(COMPOSE) -f docker-compose.qwen.yml up -d $(WAIT)
 
 .PHONY: start-llama
-start-llama: ## Start Llama-3.2-3B-Instruct on http://127.0.0.1:8083 (downloads 2.0 GB once)
-	$(COMPOSE) -f docker-compose.llama.yml up -d --build $(WAIT)
+start-llama: images ## Start Llama-3.2-3B-Instruct on http://127.0.0.1:8083 (downloads 2.0 GB once)
+	$(COMPOSE) -f docker-compose.llama.yml up -d $(WAIT)
 
 .PHONY: start-all
-start-all: ## Start every model behind one chat (downloads about 6.5 GB once)
-	$(COMPOSE) -f docker-compose.all.yml up -d --build $(WAIT)
+start-all: images ## Start every model behind one chat (downloads about 6.5 GB once)
+	$(COMPOSE) -f docker-compose.all.yml up -d $(WAIT)
 
 .PHONY: logs-all
 logs-all: ## Follow the logs of every stack (LOGS_ARGS to change; PROJECT=<name> for one)

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from slimllm.model import ModelSource, fetch  # noqa: E402
+from slimllm.runner.images import BakeFile, allow_args  # noqa: E402
 
 IMAGE = "slimllm/inference:bench-arm64"
 PLATFORM = "linux/arm64"
@@ -43,19 +44,20 @@ COMPLETION_PROMPT = "The capital of France is"
 
 
 def build() -> float:
-    """Seconds `docker buildx build --platform linux/arm64 --load` took (BuildKit's cache counts)."""
-    base_args = subprocess.run(
+    """Seconds docker-bake.hcl's inference target for linux/arm64 took (BuildKit's cache counts)."""
+    base_images = subprocess.run(
         ["bash", str(REPO / "scripts" / "base-image-args.sh"), PLATFORM],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
-    args = ["docker", "buildx", "build", "--load", "--platform", PLATFORM, *base_args]
-    args += ["-f", str(REPO / "app" / "inference" / "Dockerfile"), "-t", IMAGE]
-    if CA_BUNDLE.exists():
-        args += ["--secret", f"id=ca,src={CA_BUNDLE}"]
+    ).stdout.strip()
+    ca = str(CA_BUNDLE) if CA_BUNDLE.is_file() else ""
+    args = BakeFile(REPO).argv("--progress=plain", *allow_args([ca] if ca else []))
+    args += ["--set", f"inference.tags={IMAGE}", "--", "inference"]
+    env = {"PLATFORMS": PLATFORM, "BASE_IMAGES": base_images, "PUSH": "false", "CACHE": "none"}
+    env["SLIMLLM_BUILD_CA"] = ca
     began = time.monotonic()
-    result = subprocess.run([*args, str(REPO)], capture_output=True, text=True)
+    result = subprocess.run(args, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"building {IMAGE} failed:\n{result.stderr[-4000:]}")
     return time.monotonic() - began

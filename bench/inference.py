@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from slimllm.model import ModelSource, fetch  # noqa: E402
+from slimllm.runner.images import BakeFile, allow_args  # noqa: E402
 
 OURS = "slimllm/inference:bench"
 PEER = "slimllm/llama-server:bench"
@@ -46,8 +47,19 @@ PROMPT = (
 )
 
 
-def build(dockerfile: str, tag: str) -> None:
-    args = ["docker", "buildx", "build", "--load", "-q", "-f", str(REPO / dockerfile), "-t", tag]
+def build_ours(tag: str) -> None:
+    """The inference image as docker-bake.hcl defines it, for the engine's platform, tagged `tag`."""
+    ca = str(CA_BUNDLE) if CA_BUNDLE.is_file() else ""
+    args = BakeFile(REPO).argv("--progress=quiet", *allow_args([ca] if ca else []))
+    args += ["--set", f"inference.tags={tag}", "--", "inference"]
+    env = {**os.environ, "PLATFORMS": "", "PUSH": "false", "CACHE": "none", "SLIMLLM_BUILD_CA": ca}
+    subprocess.run(args, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_peer(tag: str) -> None:
+    """llama-server, the reference (not one of our images, so not in docker-bake.hcl)."""
+    args = ["docker", "buildx", "build", "--load", "-q", "-f", str(REPO / "bench/llama-server.Dockerfile")]
+    args += ["-t", tag]
     if CA_BUNDLE.exists():
         args += ["--secret", f"id=ca,src={CA_BUNDLE}"]
     subprocess.run([*args, str(REPO)], check=True, stdout=subprocess.DEVNULL)
@@ -225,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not args.skip_build:
-        build("app/inference/Dockerfile", OURS)
-        build("bench/llama-server.Dockerfile", PEER)
+        build_ours(OURS)
+        build_peer(PEER)
     models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
     model = fetch(ModelSource("default"), models)
     client = docker.from_env()

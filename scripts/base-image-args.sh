@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Prints the `docker buildx build` arguments that an image build for PLATFORM needs on this machine
-# to start from the right Debian: nothing, or `--build-arg BASE_IMAGE=debian:bookworm-slim-ARCH`.
+# Prints the value of docker-bake.hcl's BASE_IMAGES for builds for PLATFORMS on this machine: the
+# Debian each foreign platform starts from, as PLATFORM=IMAGE pairs, comma separated (e.g.
+# linux/arm64=debian:bookworm-slim-arm64), or nothing.
 #
-# usage: base-image-args.sh PLATFORM      (linux/arm64, linux/amd64, ...)
+# usage: base-image-args.sh PLATFORMS     (comma separated: linux/arm64, linux/amd64,linux/arm64, ...)
+#        BASE_IMAGES=$(bash scripts/base-image-args.sh linux/arm64) PLATFORMS=linux/arm64 \
+#          docker buildx bake -f docker-bake.hcl chat-interface
 #
 # With a registry, `FROM debian:bookworm-slim` finds every platform in the official multi-platform
 # image, and nothing is printed. Without one, the engine's classic image store holds a single
@@ -13,12 +16,18 @@
 # debian:bookworm-slim.
 set -euo pipefail
 
-platform=${1:?usage: base-image-args.sh PLATFORM}
-arch=${platform#*/}
-arch=${arch%%/*}
+platforms=${1?usage: base-image-args.sh PLATFORMS}
+[[ -n $platforms ]] || exit 0
 native=$(docker version --format '{{.Server.Arch}}')
-[[ $arch == "$native" ]] && exit 0
-tag=debian:bookworm-slim-$arch
-if [[ $(docker image inspect --format '{{.Architecture}}' "$tag" 2>/dev/null) == "$arch" ]]; then
-  echo "--build-arg BASE_IMAGE=$tag"
-fi
+pairs=()
+IFS=, read -ra wanted <<<"$platforms"
+for platform in "${wanted[@]}"; do
+  arch=${platform#*/}
+  arch=${arch%%/*}
+  [[ $arch == "$native" ]] && continue
+  tag=debian:bookworm-slim-$arch
+  if [[ $(docker image inspect --format '{{.Architecture}}' "$tag" 2>/dev/null) == "$arch" ]]; then
+    pairs+=("$platform=$tag")
+  fi
+done
+(IFS=,; echo "${pairs[*]}")

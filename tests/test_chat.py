@@ -26,11 +26,12 @@ import pytest
 
 from tests.conftest import REPO_ROOT, require
 from tests.dockerutil import build_image, published_port, wait_for_http
+from tests.test_inference import IMAGE as INFERENCE_IMAGE
+from tests.test_inference import inference_image  # noqa: F401  (the servers' image, built once)
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 
 CHAT_IMAGE = "slimllm/chat-interface:test"
-INFERENCE_IMAGE = "slimllm/inference:test"
 IMAGE_BUDGET_BYTES = 110_000_000
 RUN_ID = uuid.uuid4().hex[:6]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
@@ -64,13 +65,17 @@ def name(role: str) -> str:
 
 @pytest.fixture(scope="module")
 def chat_image(docker_client: Any) -> Any:
-    build_image("app/chat-interface/Dockerfile", CHAT_IMAGE)
+    build_image("chat-interface", CHAT_IMAGE)
     return docker_client.images.get(CHAT_IMAGE)
 
 
 @pytest.fixture(scope="module")
-def stack(docker_client: Any, chat_image: Any, default_model: Path) -> Iterator[Stack]:
-    build_image("app/inference/Dockerfile", INFERENCE_IMAGE)
+def stack(
+    docker_client: Any,
+    chat_image: Any,
+    inference_image: Any,  # noqa: F811  (test_inference's fixture)
+    default_model: Path,
+) -> Iterator[Stack]:
     network = docker_client.networks.create(name("net"))
     containers: list[Any] = []
 

@@ -55,7 +55,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def inference_image(docker_client: Any) -> Any:
-    build_image("app/inference/Dockerfile", IMAGE)
+    build_image("inference", IMAGE)
     return docker_client.images.get(IMAGE)
 
 

@@ -31,13 +31,12 @@ import pytest
 
 from slimllm.cli import main
 from tests.conftest import REPO_ROOT, require
-from tests.dockerutil import build_image, platform_args, published_port, wait_for_http
+from tests.dockerutil import base_images, build_image, published_port, wait_for_http
 from tests.fakes.openai_backend import REPLY
 from tests.test_base_image import TRIMMED_CHECK
 from tests.test_chat import CHAT_IMAGE
 from tests.test_sidecars import (
     FAKES_DIR,
-    MONITOR_DIR,
     NON_ROOT_UID,
     PUBLISH,
     Rounds,
@@ -100,7 +99,7 @@ def arm64_ready(docker_client: Any) -> None:
         "no binfmt_misc handler for aarch64: run `bash scripts/install-qemu.sh` as root",
     )
     require(
-        "BASE_IMAGE=" in " ".join(platform_args(PLATFORM)),
+        base_images(PLATFORM) != "",
         "no debian:bookworm-slim-arm64 here: run `bash scripts/bootstrap-base-image.sh --arch arm64`",
     )
 
@@ -122,27 +121,27 @@ def images(
         build()
         seconds[name] = round(time.monotonic() - start, 1)
 
-    platform = platform_args(PLATFORM)
     try:
-        timed("health-monitor", lambda: build_ok("--load", *platform, "-t", built.monitor, str(MONITOR_DIR)))
+        timed("health-monitor", lambda: build_image("health-monitor", built.monitor, platform=PLATFORM))
         timed(
             "origin",
-            lambda: build_ok("--load", *platform, "--target", "origin", "-t", built.origin, str(FAKES_DIR)),
+            lambda: build_ok(
+                "--load", "--platform", PLATFORM, "--target", "origin", "-t", built.origin, str(FAKES_DIR)
+            ),
         )
         with served_release(docker_client, ARCH, tmp_path_factory.mktemp("release")) as release:
             timed(
                 "cloudflared",
-                lambda: build_ok(
-                    "--load",
-                    *platform,
-                    "-t",
+                lambda: build_image(
+                    "cloudflared",
                     built.cloudflared,
-                    *cloudflared_build_args(release, ARCH, release.sha256),
+                    platform=PLATFORM,
+                    build_args=cloudflared_build_args(release, ARCH, release.sha256),
                 ),
             )
         timed(
             "chat-interface",
-            lambda: build_image("app/chat-interface/Dockerfile", built.chat, platform=PLATFORM),
+            lambda: build_image("chat-interface", built.chat, platform=PLATFORM),
         )
         print(f"\narm64 build seconds: {json.dumps(seconds)}")
         yield built
@@ -160,10 +159,8 @@ def images(
 @pytest.mark.docker
 def test_arm64_base_image_is_trimmed_like_the_official_one(docker_client: Any, arm64_ready: None) -> None:
     # On arm64 itself there is no BASE_IMAGE argument: the engine's own debian:bookworm-slim is arm64.
-    bases = [
-        arg.removeprefix("BASE_IMAGE=") for arg in platform_args(PLATFORM) if arg.startswith("BASE_IMAGE=")
-    ]
-    tag = bases[0] if bases else "debian:bookworm-slim"
+    pairs = dict(pair.split("=", 1) for pair in base_images(PLATFORM).split(",") if pair)
+    tag = pairs.get(PLATFORM, "debian:bookworm-slim")
     assert docker_client.images.get(tag).attrs["Architecture"] == ARCH
     script = f"test $(uname -m) = aarch64; {TRIMMED_CHECK}"
     out = docker_client.containers.run(tag, ["bash", "-c", script], platform=PLATFORM, remove=True)
@@ -193,7 +190,7 @@ def test_every_image_is_arm64_in_config_and_binaries(docker_client: Any, images:
 @pytest.mark.docker
 def test_sizes_per_architecture(docker_client: Any, images: Images, tmp_path: Path, capsys: Any) -> None:
     """The size report measures both chat images and holds each to its architecture's budget."""
-    build_image("app/chat-interface/Dockerfile", CHAT_IMAGE)
+    build_image("chat-interface", CHAT_IMAGE)  # built once: test_chat's image, if it ran
     budgets = tmp_path / "budgets.json"
     budgets.write_text(json.dumps({"images": CHAT_BUDGETS}))
     out = tmp_path / "sizes.json"

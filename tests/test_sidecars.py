@@ -31,11 +31,9 @@ import pytest
 from slimllm.cli import main
 from slimllm.runner.tunnel import TunnelError, discover_tunnel_url, url_from_log
 from tests.conftest import REPO_ROOT, require
-from tests.dockerutil import buildx
+from tests.dockerutil import build_image, buildx
 
 RUN_ID = uuid.uuid4().hex[:8]
-CLOUDFLARED_DIR = REPO_ROOT / "docker" / "cloudflared"
-MONITOR_DIR = REPO_ROOT / "docker" / "health-monitor"
 FAKES_DIR = REPO_ROOT / "tests" / "fakes"
 
 # Budgets from the issue: everything in the cloudflared image besides the binary, and the monitor.
@@ -50,6 +48,7 @@ NON_ROOT_UID = "65532"
 
 
 def build_ok(*args: str) -> None:
+    """`docker buildx build` of a test double's image (tests/fakes); ours are built through bake."""
     result = buildx(*args)
     assert result.returncode == 0, f"docker buildx build {' '.join(args)} failed:\n{result.stderr[-4000:]}"
 
@@ -131,30 +130,28 @@ def fake_release(
         yield release
 
 
-def cloudflared_build_args(release: Release, arch: str, sha256: str) -> list[str]:
-    return [
-        "--build-arg",
-        f"CLOUDFLARED_RELEASE_URL={release.url}",
-        "--build-arg",
-        f"CLOUDFLARED_SHA256_{arch.upper()}={sha256}",
-        str(CLOUDFLARED_DIR),
-    ]
+def cloudflared_build_args(release: Release, arch: str, sha256: str) -> dict[str, str]:
+    return {"CLOUDFLARED_RELEASE_URL": release.url, f"CLOUDFLARED_SHA256_{arch.upper()}": sha256}
 
 
 @pytest.fixture(scope="module")
 def cloudflared_image(docker_client: Any, fake_release: Release, target_arch: str) -> Iterator[str]:
     tag = f"slimllm-test-cloudflared:{RUN_ID}"
-    build_ok("--load", "-t", tag, *cloudflared_build_args(fake_release, target_arch, fake_release.sha256))
+    build_image(
+        "cloudflared", tag, build_args=cloudflared_build_args(fake_release, target_arch, fake_release.sha256)
+    )
     yield tag
     docker_client.images.remove(tag, force=True)
+
+
+# The tag the stack tests run too (tests/conftest.py), so that the image is built once per run.
+MONITOR_IMAGE = "slimllm/health-monitor:test"
 
 
 @pytest.fixture(scope="module")
-def monitor_image(docker_client: Any, target_arch: str) -> Iterator[str]:
-    tag = f"slimllm-test-health-monitor:{RUN_ID}"
-    build_ok("--load", "-t", tag, str(MONITOR_DIR))
-    yield tag
-    docker_client.images.remove(tag, force=True)
+def monitor_image(docker_client: Any, target_arch: str) -> str:
+    build_image("health-monitor", MONITOR_IMAGE)
+    return MONITOR_IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +240,14 @@ def test_cloudflared_image_size_and_user(
 @pytest.mark.docker
 def test_wrong_checksum_fails_the_build(fake_release: Release, target_arch: str) -> None:
     wrong = "0" * 64
-    result = buildx(*cloudflared_build_args(fake_release, target_arch, wrong))
-    assert result.returncode != 0
+    tag = f"slimllm-test-cloudflared:{RUN_ID}-wrong"
+    result = build_image(
+        "cloudflared",
+        tag,
+        build_args=cloudflared_build_args(fake_release, target_arch, wrong),
+        expect_failure=True,
+    )
+    assert result is not None
     assert "error: sha256 mismatch" in result.stderr, result.stderr[-3000:]
     assert f"expected {wrong}" in result.stderr
     assert fake_release.sha256 in result.stderr

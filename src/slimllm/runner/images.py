@@ -1,13 +1,16 @@
-"""`slimllm images build`: build slimllm's images with `docker buildx`, as the build action does.
+"""`slimllm images build`: build slimllm's images with `docker buildx bake`, as the build action does.
 
-The catalog below is the one place that knows where each image's Dockerfile and context are; the
-compose files name the same folders. Every value that reaches `docker buildx build` is checked
-first and passed as its own argument (never through a shell), and secret values travel in the
-environment of the build, never on its command line.
+docker-bake.hcl at the root of the source tree is the one definition of the builds (targets,
+Dockerfiles, contexts, platforms, tags, caches, the CA secret), shared with the Makefile and the
+tests; this module reads it through `docker buildx bake --print` and keeps no catalog of its own.
+What it adds is the checking: every value the user gives is checked before it reaches bake, and
+is passed as a bake variable in the environment or as one `--set` argument of its own (never
+through a shell). Secret values travel in the environment of the build, never on its command line.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -17,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,32 +28,7 @@ from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs, split_items
 from slimllm.errors import UserError
 
-
-@dataclass(frozen=True)
-class ImageSpec:
-    name: str
-    context: str
-    dockerfile: str
-    what: str
-
-
-CATALOG: dict[str, ImageSpec] = {
-    spec.name: spec
-    for spec in (
-        ImageSpec("inference", ".", "app/inference/Dockerfile", "the inference server (llama-cpp-python)"),
-        ImageSpec("chat-interface", ".", "app/chat-interface/Dockerfile", "the chat page and its API"),
-        ImageSpec("cloudflared", "docker/cloudflared", "docker/cloudflared/Dockerfile", "the tunnel sidecar"),
-        ImageSpec(
-            "health-monitor",
-            "docker/health-monitor",
-            "docker/health-monitor/Dockerfile",
-            "the monitor sidecar",
-        ),
-        ImageSpec(
-            "model-init", "docker/model-init", "docker/model-init/Dockerfile", "the model volume filler"
-        ),
-    )
-}
+BAKE_FILE = "docker-bake.hcl"
 CACHE_BACKENDS = ("none", "gha", "registry", "local")
 DEFAULT_REGISTRY = "slimllm"
 # A builder that can export caches; BuildKit's classic `docker` driver cannot.
@@ -64,13 +43,75 @@ _REGISTRY = re.compile(
 )
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# A bake target or group name.
+_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# The variables that decide which targets the bake file has and what they are named; fixed while
+# reading its images and groups, so that the caller's environment cannot change the answer.
+_NEUTRAL = {"PLATFORMS": "", "PUSH": "false", "CACHE": "none", "SLIMLLM_BUILD_CA": "", "BASE_IMAGES": ""}
+
+
+class BakeFile:
+    """A source tree's docker-bake.hcl, read with `docker buildx bake --print`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / BAKE_FILE
+
+    def argv(self, *args: str) -> list[str]:
+        return ["docker", "buildx", "bake", "-f", str(self.path), *args]
+
+    def print(self, targets: Sequence[str], variables: Mapping[str, str]) -> dict[str, Any]:
+        """The resolved definition of `targets` with `variables` set, as bake prints it."""
+        try:
+            result = subprocess.run(
+                self.argv("--print", "--", *targets),
+                cwd=self.root,
+                env={**os.environ, **variables},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise UserError("docker buildx bake needs the docker CLI with the buildx plugin") from exc
+        if result.returncode != 0:
+            raise UserError(
+                f"docker buildx bake --print {' '.join(targets)}: {result.stderr.strip()[-1500:]}"
+            )
+        printed: dict[str, Any] = json.loads(result.stdout)
+        return printed
+
+    @functools.cached_property
+    def images(self) -> list[str]:
+        """The images: the targets of the `all` group."""
+        return list(self.print(["all"], _NEUTRAL)["group"]["all"]["targets"])
+
+    def expand(self, name: str) -> list[str] | None:
+        """The images that `name` (an image, `all` or another group) stands for; None if it is neither."""
+        if name in self.images:
+            return [name]
+        if not _TARGET.fullmatch(name):
+            return None
+        try:
+            printed = self.print([name], _NEUTRAL)
+        except UserError:
+            return None
+        groups = printed.get("group", {})
+
+        def walk(item: str) -> list[str]:
+            if item in self.images:
+                return [item]
+            return [image for member in groups.get(item, {}).get("targets", []) for image in walk(member)]
+
+        images = walk(name)
+        return images or None
 
 
 @dataclass
 class BuildPlan:
     """What to build and how; made from the user's words by `plan_build`, which checks them."""
 
-    images: list[ImageSpec]
+    images: list[str]
     platforms: list[str]
     push: bool
     registry: str
@@ -81,15 +122,23 @@ class BuildPlan:
     secret_files: dict[str, Path] = field(default_factory=dict)
     # id -> value; kept out of repr so that a printed plan never shows one.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
-    labels: dict[str, str] = field(default_factory=dict)
 
-    def refs(self, image: ImageSpec, platform: str | None = None) -> list[str]:
-        suffix = f"-{platform.removeprefix('linux/').replace('/', '')}" if platform else ""
-        return [f"{self.registry}/{image.name}:{tag}{suffix}" for tag in self.tags]
+    def variables(self, base_images: str = "") -> dict[str, str]:
+        """The bake file's variables for this plan (docker-bake.hcl says what each does)."""
+        return {
+            "REGISTRY": self.registry,
+            "TAG": ",".join(self.tags),
+            "PLATFORMS": ",".join(self.platforms),
+            "PUSH": "true" if self.push else "false",
+            "CACHE": self.cache,
+            "CACHE_DIR": str(self.cache_dir) if self.cache_dir else "",
+            "BASE_IMAGES": base_images,
+        }
 
 
 def plan_build(
     *,
+    bake: BakeFile,
     images: Sequence[str],
     platforms: Sequence[str],
     push: bool,
@@ -102,13 +151,15 @@ def plan_build(
     secrets: Sequence[str],
     environ: Mapping[str, str] = os.environ,
 ) -> BuildPlan:
-    names = split_items(images) or ["all"]
-    if "all" in names:
-        names = list(CATALOG)
-    unknown = [name for name in names if name not in CATALOG]
-    if unknown:
-        raise UserError(f"unknown image {unknown[0]!r}; choose from: all, {', '.join(CATALOG)}")
-    chosen = [CATALOG[name] for name in dict.fromkeys(names)]
+    chosen: list[str] = []
+    for name in split_items(images) or ["all"]:
+        expanded = bake.expand(name)
+        if expanded is None:
+            raise UserError(
+                f"unknown image {name!r}; choose from: all, {', '.join(bake.images)} "
+                f"(or another group of {BAKE_FILE})"
+            )
+        chosen += expanded
 
     platform_list = list(dict.fromkeys(split_items(platforms)))
     for platform in platform_list:
@@ -151,7 +202,9 @@ def plan_build(
         file = Path(path).expanduser()
         if not file.is_file():
             raise UserError(f"secret-files: {secret_id}: no file at {path}")
-        files[secret_id] = file
+        if "," in str(file) or '"' in str(file):
+            raise UserError(f"secret-files: {secret_id}: a path with ',' or '\"' cannot be handed to bake")
+        files[secret_id] = file.resolve()
     values = parse_pairs(secrets, "secrets", _SECRET_ID)
     for value in values.values():
         gha.mask(value)
@@ -160,99 +213,126 @@ def plan_build(
         raise UserError(f"secret {sorted(clash)[0]!r} is given both as a value and as a file")
 
     return BuildPlan(
-        images=chosen,
+        images=list(dict.fromkeys(chosen)),
         platforms=platform_list,
         push=push,
         registry=registry,
         tags=tag_list,
         cache=cache,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir.resolve() if cache_dir else None,
         build_args=parse_pairs(build_args, "build-args", _ARG_NAME),
         secret_files=files,
         secrets=values,
-        labels=_source_labels(environ),
     )
-
-
-def _source_labels(environ: Mapping[str, str]) -> dict[str, str]:
-    """OCI labels that tie an image built on GitHub Actions to its repository and commit."""
-    labels = {}
-    server, repo, sha = (environ.get(k, "") for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_SHA"))
-    if server and repo:
-        labels["org.opencontainers.image.source"] = f"{server}/{repo}"
-    if sha:
-        labels["org.opencontainers.image.revision"] = sha
-    return labels
 
 
 @dataclass(frozen=True)
 class BuildStep:
-    """One `docker buildx build` run: an image for one platform, or for all of them when pushing."""
+    """One `docker buildx bake` run of one target: an image for one platform, or for all of them."""
 
-    image: ImageSpec
+    image: str
+    target: str
     platforms: tuple[str, ...]
     refs: tuple[str, ...]
     argv: tuple[str, ...]
-    env: Mapping[str, str]
-    metadata: Path  # where buildx writes the digest (--metadata-file)
+    env: Mapping[str, str]  # the bake variables and the secret values
+    metadata: Path  # where bake writes the digest (--metadata-file)
+
+
+def _spec_text(item: str | Mapping[str, Any]) -> str:
+    """A secret as `--set` takes it; newer buildx prints secrets as objects, older ones as text."""
+    if isinstance(item, str):
+        return item
+    return ",".join(f"{key}={value}" for key, value in item.items())
+
+
+def _secret_id(spec: str) -> str:
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        if key == "id":
+            return value
+    return ""
+
+
+@functools.cache
+def _bake_has_allow() -> bool:
+    result = subprocess.run(
+        ["docker", "buildx", "bake", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return "--allow" in result.stdout
+
+
+def allow_args(reads: Sequence[Path | str] = (), writes: Sequence[Path | str] = ()) -> list[str]:
+    """`--allow` arguments for the files a bake reads (`reads`) or writes (`writes`) outside the
+    working directory: buildx 0.20 and later refuse them otherwise, older ones know no `--allow`."""
+    if not (reads or writes) or not _bake_has_allow():
+        return []
+    return [f"--allow=fs.read={path}" for path in reads] + [f"--allow=fs={path}" for path in writes]
 
 
 def build_steps(
-    plan: BuildPlan, root: Path, metadata_dir: Path, builder: str | None = None
+    plan: BuildPlan,
+    bake: BakeFile,
+    printed: Mapping[str, Any],
+    variables: Mapping[str, str],
+    metadata_dir: Path,
+    builder: str | None = None,
+    allow: bool = False,
 ) -> list[BuildStep]:
-    """The buildx runs for a plan.
+    """The bake runs for a plan, one per target of the resolved definition (`printed`).
 
-    Pushing builds every platform in one run (one multi-platform manifest). Loading into the local
-    engine takes one platform at a time, so several platforms become one run each, tagged with
-    the architecture appended (`local-arm64`).
+    The bake file decides the targets: pushing builds every platform of an image as one target
+    (one multi-platform manifest); loading into the local engine takes one platform at a time,
+    so several platforms are one target each (`inference-arm64`), tagged with the architecture
+    appended (`local-arm64`).
     """
+    targets: Mapping[str, Any] = printed["target"]
+    groups: Mapping[str, Any] = printed.get("group", {})
     steps: list[BuildStep] = []
     for image in plan.images:
-        if plan.push or len(plan.platforms) <= 1:
-            groups: list[tuple[tuple[str, ...], list[str]]] = [(tuple(plan.platforms), plan.refs(image))]
-        else:
-            groups = [((p,), plan.refs(image, p)) for p in plan.platforms]
-        for platforms, refs in groups:
-            argv = ["docker", "buildx", "build", "--progress=plain"]
+        names = [image] if image in targets else list(groups[image]["targets"])
+        for name in names:
+            spec = targets[name]
+            env = dict(variables)
+            sets = [f"{name}.args.{key}={value}" for key, value in plan.build_args.items()]
+            if plan.secret_files or plan.secrets:
+                ours = [f"id={secret_id},src={path}" for secret_id, path in plan.secret_files.items()]
+                for n, secret_id in enumerate(plan.secrets):
+                    variable = f"SLIMLLM_BUILD_SECRET_{n}"
+                    env[variable] = plan.secrets[secret_id]
+                    ours.append(f"id={secret_id},env={variable}")
+                mine = set(plan.secret_files) | set(plan.secrets)
+                kept = [
+                    text for text in map(_spec_text, spec.get("secret", [])) if _secret_id(text) not in mine
+                ]
+                sets += [f"{name}.secrets={text}" for text in [*kept, *ours]]
+            argv = bake.argv("--progress=plain")
             if builder:
                 argv += ["--builder", builder]
-            argv += ["--file", str(root / image.dockerfile)]
-            for ref in refs:
-                argv += ["--tag", ref]
-            if platforms:
-                argv += ["--platform", ",".join(platforms)]
-            argv.append("--push" if plan.push else "--load")
-            argv += _cache_args(plan, image, platforms)
-            for name, value in plan.build_args.items():
-                argv += ["--build-arg", f"{name}={value}"]
-            for name, value in plan.labels.items():
-                argv += ["--label", f"{name}={value}"]
-            env: dict[str, str] = {}
-            for secret_id, path in plan.secret_files.items():
-                argv += ["--secret", f"id={secret_id},src={path}"]
-            for n, secret_id in enumerate(plan.secrets):
-                variable = f"SLIMLLM_BUILD_SECRET_{n}"
-                env[variable] = plan.secrets[secret_id]
-                argv += ["--secret", f"id={secret_id},env={variable}"]
-            metadata = metadata_dir / f"{image.name}-{len(steps)}.json"
-            argv += ["--metadata-file", str(metadata), str(root / image.context)]
-            steps.append(BuildStep(image, platforms, tuple(refs), tuple(argv), env, metadata))
+            if allow:
+                reads = [*plan.secret_files.values()]
+                ca = variables.get("SLIMLLM_BUILD_CA", os.environ.get("SLIMLLM_BUILD_CA", ""))
+                if ca:
+                    reads.append(Path(ca))
+                local_cache = [plan.cache_dir] if plan.cache == "local" and plan.cache_dir else []
+                argv += allow_args(reads, local_cache)
+            metadata = metadata_dir / f"{name}.json"
+            argv += ["--metadata-file", str(metadata)]
+            for item in sets:
+                argv += ["--set", item]
+            argv += ["--", name]
+            steps.append(
+                BuildStep(
+                    image=image,
+                    target=name,
+                    platforms=tuple(spec.get("platforms", [])),
+                    refs=tuple(spec.get("tags", [])),
+                    argv=tuple(argv),
+                    env=env,
+                    metadata=metadata,
+                )
+            )
     return steps
-
-
-def _cache_args(plan: BuildPlan, image: ImageSpec, platforms: tuple[str, ...]) -> list[str]:
-    # One cache per image and platform set, so that builds do not evict each other's layers.
-    scope = f"{image.name}-{'-'.join(p.replace('/', '') for p in platforms) or 'default'}"
-    if plan.cache == "gha":
-        return ["--cache-from", f"type=gha,scope={scope}", "--cache-to", f"type=gha,mode=max,scope={scope}"]
-    if plan.cache == "registry":
-        ref = f"{plan.registry}/{image.name}:buildcache-{scope}"
-        return ["--cache-from", f"type=registry,ref={ref}", "--cache-to", f"type=registry,ref={ref},mode=max"]
-    if plan.cache == "local":
-        assert plan.cache_dir is not None
-        path = plan.cache_dir / scope
-        return ["--cache-from", f"type=local,src={path}", "--cache-to", f"type=local,dest={path},mode=max"]
-    return []
 
 
 def _builder_for(plan: BuildPlan) -> str | None:
@@ -289,10 +369,31 @@ def _builder_for(plan: BuildPlan) -> str | None:
     return CACHE_BUILDER
 
 
-def _digest(metadata_file: Path) -> str:
+def _base_images(plan: BuildPlan, root: Path, builder: str | None) -> str:
+    """BASE_IMAGES for loads of foreign platforms into this engine (scripts/base-image-args.sh).
+
+    Only the engine's own builder sees the locally bootstrapped debian:bookworm-slim-<arch>; a
+    push, or a build on another builder, starts from the registry's multi-platform Debian.
+    """
+    if "BASE_IMAGES" in os.environ:
+        return os.environ["BASE_IMAGES"]
+    script = root / "scripts" / "base-image-args.sh"
+    if plan.push or builder or not plan.platforms or not script.is_file():
+        return ""
+    result = subprocess.run(
+        ["bash", str(script), ",".join(plan.platforms)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _digest(metadata_file: Path, target: str) -> str:
     try:
-        data = json.loads(metadata_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(metadata_file.read_text(encoding="utf-8")).get(target, {})
+    except (OSError, ValueError, AttributeError):
         return ""
     return str(data.get("containerimage.digest") or data.get("containerimage.config.digest") or "")
 
@@ -316,23 +417,25 @@ class Built:
     size: int | None
 
 
-def run_build(plan: BuildPlan, root: Path) -> list[Built]:
+def run_build(plan: BuildPlan, bake: BakeFile) -> list[Built]:
     builder = _builder_for(plan)
+    variables = plan.variables(_base_images(plan, bake.root, builder))
+    printed = bake.print(plan.images, variables)
     built = []
     with tempfile.TemporaryDirectory(prefix="slimllm-build-") as tmp:
-        for step in build_steps(plan, root, Path(tmp), builder):
-            title = f"build {step.image.name}" + (f" ({', '.join(step.platforms)})" if step.platforms else "")
+        for step in build_steps(plan, bake, printed, variables, Path(tmp), builder, allow=True):
+            title = f"build {step.target}" + (f" ({', '.join(step.platforms)})" if step.platforms else "")
             with gha.group(title):
                 started = time.monotonic()
                 # Output streams straight to the log; the secrets are in `env`, never in argv.
-                result = subprocess.run(step.argv, env={**os.environ, **step.env}, check=False)
+                result = subprocess.run(step.argv, cwd=bake.root, env={**os.environ, **step.env}, check=False)
                 seconds = time.monotonic() - started
             if result.returncode != 0:
                 raise UserError(
-                    f"{title} failed (docker buildx exit status {result.returncode}); see the log above"
+                    f"{title} failed (docker buildx bake exit status {result.returncode}); see the log above"
                 )
-            size = None if plan.push else _local_size(step.refs[0])
-            built.append(Built(step, seconds, _digest(step.metadata), size))
+            size = None if plan.push else _local_size(step.refs[0]) if step.refs else None
+            built.append(Built(step, seconds, _digest(step.metadata, step.target), size))
     return built
 
 
@@ -341,7 +444,7 @@ def render_build_markdown(built: Sequence[Built]) -> str:
 
     rows = [
         [
-            b.step.image.name,
+            b.step.image,
             "<br>".join(code(ref) for ref in b.step.refs),
             ", ".join(b.step.platforms) or "engine default",
             code(b.digest.removeprefix("sha256:")[:12]) if b.digest else "",
@@ -429,7 +532,7 @@ def images() -> None:
     default=".",
     envvar="SLIMLLM_SOURCE_DIR",
     show_envvar=True,
-    help="The slimllm source tree to build from.",
+    help="The slimllm source tree to build from (its docker-bake.hcl defines the builds).",
 )
 def images_build(
     names: tuple[str, ...],
@@ -443,15 +546,22 @@ def images_build(
     secret_files: tuple[str, ...],
     root: Path,
 ) -> None:
-    """Build IMAGEs (env var: SLIMLLM_IMAGES; default: all) with docker buildx.
+    """Build IMAGEs (env var: SLIMLLM_IMAGES; default: all) with docker buildx bake.
 
-    Images: all, inference, chat-interface, cloudflared, health-monitor, model-init. They are named
-    REGISTRY/IMAGE:TAG; loading several platforms into the local engine gives one image per platform,
-    tagged TAG-ARCH. BuildKit secrets with inline values come from SLIMLLM_SECRETS (ID=VALUE lines,
-    environment only, masked). Step outputs: images (the first ref of each build, space separated),
-    refs, digests and sizes (JSON objects keyed by image name).
+    The images and groups are those of ROOT/docker-bake.hcl: all, inference, chat-interface,
+    cloudflared, health-monitor, model-init; stack (the compose stacks' images). They are named
+    REGISTRY/IMAGE:TAG; loading for given platforms into the local engine gives one image per
+    platform, tagged TAG-ARCH, and TAG only to the engine's own platform. BuildKit secrets with
+    inline values come from SLIMLLM_SECRETS (ID=VALUE lines, environment only, masked). Step
+    outputs: images (the first ref of each build, space separated), refs, digests and sizes (JSON
+    objects keyed by image name).
     """
+    root = root.resolve()
+    if not (root / BAKE_FILE).is_file():
+        raise UserError(f"{root} is not a slimllm source tree: no {BAKE_FILE}")
+    bake = BakeFile(root)
     plan = plan_build(
+        bake=bake,
         images=names,
         platforms=[platforms],
         push=push,
@@ -463,20 +573,16 @@ def images_build(
         secret_files=secret_files,
         secrets=[os.environ.get("SLIMLLM_SECRETS", "")],
     )
-    root = root.resolve()
-    missing = [spec.dockerfile for spec in plan.images if not (root / spec.dockerfile).is_file()]
-    if missing:
-        raise UserError(f"{root} is not a slimllm source tree: no {missing[0]}")
-    built = run_build(plan, root)
+    built = run_build(plan, bake)
     gha.append_summary(render_build_markdown(built))
     refs: dict[str, list[str]] = {}
     digests: dict[str, str] = {}
     sizes: dict[str, int] = {}
     for b in built:
-        refs.setdefault(b.step.image.name, []).extend(b.step.refs)
-        digests.setdefault(b.step.image.name, b.digest)
+        refs.setdefault(b.step.image, []).extend(b.step.refs)
+        digests.setdefault(b.step.image, b.digest)
         if b.size is not None:
-            sizes.setdefault(b.step.image.name, b.size)
+            sizes.setdefault(b.step.image, b.size)
     first_refs = " ".join(b.step.refs[0] for b in built)
     click.echo(first_refs)
     if gha.in_github():
