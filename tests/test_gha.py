@@ -74,17 +74,6 @@ def test_invalid_output_name_is_rejected(runner: dict[str, Path]) -> None:
         gha.set_output("bad\nname", "v")
 
 
-def test_export_env_reaches_this_step_and_later_ones(
-    runner: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("SLIMLLM_TEST_VAR", raising=False)
-    gha.export_env("SLIMLLM_TEST_VAR", "first\nsecond")
-    assert parse_heredocs(runner["GITHUB_ENV"].read_text()) == {"SLIMLLM_TEST_VAR": "first\nsecond"}
-    import os
-
-    assert os.environ["SLIMLLM_TEST_VAR"] == "first\nsecond"
-
-
 def test_summary_appends(runner: dict[str, Path]) -> None:
     gha.append_summary("| a |\n|---|")
     gha.append_summary("done")
@@ -137,44 +126,3 @@ def test_outside_github_everything_is_plain_text(
     assert captured.out.splitlines() == ["url=http://x", "# Report", "== Step"]
     assert captured.err == "error: f.py:2: bad\n"
     assert "::" not in captured.out
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        pytest.param({"SLIMLLM_MODEL_REPO": "  org/repo \n"}, "org/repo", id="stripped"),
-        pytest.param({"SLIMLLM_MODEL_REPO": ""}, "fallback", id="empty-is-unset"),
-        pytest.param({}, "fallback", id="unset"),
-    ],
-)
-def test_get_input(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str) -> None:
-    monkeypatch.delenv("SLIMLLM_MODEL_REPO", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert gha.get_input("model-repo", "fallback") == expected
-
-
-def test_required_input_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SLIMLLM_IMAGES", raising=False)
-    with pytest.raises(gha.InputError, match="SLIMLLM_IMAGES"):
-        gha.get_input("images", required=True)
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [("true", True), ("False", False), ("TRUE", True)],
-)
-def test_bool_input(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
-    monkeypatch.setenv("SLIMLLM_PUSH", raw)
-    assert gha.get_bool_input("push") is expected
-
-
-def test_bool_input_rejects_other_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLIMLLM_PUSH", "yes")
-    with pytest.raises(gha.InputError, match="true or false"):
-        gha.get_bool_input("push")
-
-
-def test_list_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLIMLLM_IMAGES", "a, b\n\nc,")
-    assert gha.get_list_input("images") == ["a", "b", "c"]

@@ -24,9 +24,11 @@ import pytest
 import responses
 
 from slimllm.cli import main
-from slimllm.runner.handoff import READY_STEP, Handoff, HandoffError, HandoffPlan
 from slimllm.reports.regression import connect
-from slimllm.runner.stack import METRICS_PORT, StackSettings, _published, plan_models, up
+from slimllm.runner.handoff import READY_STEP, Handoff, HandoffError, HandoffPlan
+from slimllm.runner.plan import plan_models
+from slimllm.runner.stack import StackSettings, published, up
+from slimllm.runner.tunnel import METRICS_PORT
 from tests.fakes.edge import Edge
 
 # Fixtures reused as they are: the inference image, and the real cloudflared image around the
@@ -238,7 +240,7 @@ def connector(docker_client: Any, stack: str) -> tuple[str, str]:
     """The stand-in cloudflared's tunnel side and its /ready, as the edge reaches them."""
     tunnel = docker_client.containers.get(f"{stack}-tunnel")
     ip = tunnel.attrs["NetworkSettings"]["Networks"][f"{stack}-net"]["IPAddress"]
-    return f"http://{ip}:8080", _published(tunnel, METRICS_PORT) + "/ready"
+    return f"http://{ip}:8080", published(tunnel, METRICS_PORT) + "/ready"
 
 
 def wait_registered(edge: Edge, name: str, timeout: float = 60) -> None:

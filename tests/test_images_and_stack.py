@@ -1,12 +1,19 @@
 """`slimllm images build` and `slimllm stack ...`, the logic behind the build and serve actions.
 
-Argument checking and the buildx command lines are tested as tables; the stack runs for real on
-the real engine with the inference image and the embedded model.
+The bake file (docker-bake.hcl) is read back with `docker buildx bake --print` for a table of
+inputs, argument checking and the bake command lines are tested as tables, the small monitor image
+is built for real through `slimllm images build`; the stack runs for real on the real engine with
+the inference image and the embedded model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +24,23 @@ import pytest
 
 from slimllm.cli import main
 from slimllm.errors import UserError
-from slimllm.runner.images import CATALOG, build_steps, plan_build
-from slimllm.runner.stack import parse_duration, plan_models
-from tests.conftest import REPO_ROOT
+from slimllm.runner.images import BakeFile, BuildPlan, _spec_text, build_steps, plan_build
+from slimllm.runner.plan import parse_duration, plan_models
+from tests.conftest import REPO_ROOT, require
+from tests.dockerutil import bake_print
 from tests.test_inference import inference_image  # noqa: F401  (the image the stack runs)
+
+RUN_ID = uuid.uuid4().hex[:8]
+IMAGES = ["inference", "chat-interface", "cloudflared", "health-monitor", "model-init"]
+# The bake variables of a --print, whatever this machine is: amd64 is the native platform, and
+# neither a CA bundle nor a GitHub Actions run adds anything.
+NATIVE = {
+    "NATIVE_PLATFORM": "linux/amd64",
+    "SLIMLLM_BUILD_CA": "",
+    "GITHUB_SERVER_URL": "",
+    "GITHUB_REPOSITORY": "",
+    "GITHUB_SHA": "",
+}
 
 PLAN_DEFAULTS: dict[str, Any] = {
     "images": ["all"],
@@ -37,14 +57,199 @@ PLAN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def plan(**changes: Any) -> Any:
-    return plan_build(**{**PLAN_DEFAULTS, **changes})
+@pytest.fixture(scope="module")
+def bake_file() -> BakeFile:
+    try:
+        ok = subprocess.run(["docker", "buildx", "version"], capture_output=True, timeout=60).returncode == 0
+    except FileNotFoundError:
+        ok = False
+    require(ok, "the docker CLI with the buildx plugin is not installed")
+    return BakeFile(REPO_ROOT)
+
+
+def plan(bake_file: BakeFile, **changes: Any) -> BuildPlan:
+    return plan_build(bake=bake_file, **{**PLAN_DEFAULTS, **changes})
+
+
+def texts(items: list[Any]) -> list[str]:
+    """Secrets, caches and outputs as text: newer buildx prints them as objects."""
+    return [_spec_text(item) for item in items]
+
+
+# --- the bake file -----------------------------------------------------------------------------
+
+
+def test_the_bake_file_defines_what_images_build_offers(bake_file: BakeFile) -> None:
+    assert bake_file.images == IMAGES
+    assert plan(bake_file).images == IMAGES
+    assert plan(bake_file, images=["stack,inference"]).images == [
+        "model-init",
+        "inference",
+        "chat-interface",
+        "health-monitor",
+    ]
+    assert plan(bake_file, images=["default"]).images == plan(bake_file, images=["stack"]).images
+    printed = bake_print("all", **NATIVE)
+    assert sorted(printed["target"]) == sorted(IMAGES)
+    for name, target in printed["target"].items():
+        assert (REPO_ROOT / target["context"] / target["dockerfile"]).is_file(), name
+    help_text = subprocess.run(
+        [sys.executable, "-m", "slimllm", "images", "build", "--help"], capture_output=True, text=True
+    ).stdout
+    assert all(name in help_text for name in IMAGES)
+
+
+def test_the_stack_group_is_what_the_default_compose_stack_runs(bake_file: BakeFile) -> None:
+    """Compose only runs the images (the files have no build sections): `make images` builds them."""
+    result = subprocess.run(
+        # No .env (a developer's must not leak in), no profile: the default stack.
+        ["docker", "compose", "--env-file", os.devnull, "-f", "docker-compose.yml", "config", "--images"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COMPOSE_PROFILES": ""},
+    )
+    require(result.returncode == 0, f"docker compose config failed: {result.stderr[-500:]}")
+    ran = sorted({ref.rsplit("/", 1)[-1].split(":")[0] for ref in result.stdout.split()})
+    assert ran == sorted(plan(bake_file, images=["stack"]).images)
+
+
+@pytest.mark.parametrize(
+    ("target", "variables", "expected"),
+    [
+        pytest.param(
+            "inference",
+            {},
+            {"inference": {"tags": ["slimllm/inference:local"], "output": ["type=docker"]}},
+            id="defaults-load-the-engines-platform",
+        ),
+        pytest.param(
+            "inference",
+            {
+                "PLATFORMS": "linux/amd64,linux/arm64",
+                "TAG": "local,v1",
+                "BASE_IMAGES": "linux/arm64=debian:bookworm-slim-arm64",
+            },
+            {
+                "inference-amd64": {
+                    "platforms": ["linux/amd64"],
+                    "tags": [
+                        "slimllm/inference:local",
+                        "slimllm/inference:v1",
+                        "slimllm/inference:local-amd64",
+                        "slimllm/inference:v1-amd64",
+                    ],
+                },
+                "inference-arm64": {
+                    "platforms": ["linux/arm64"],
+                    "tags": ["slimllm/inference:local-arm64", "slimllm/inference:v1-arm64"],
+                    "args": {"BASE_IMAGE": "debian:bookworm-slim-arm64"},
+                },
+            },
+            id="multi-platform-load-one-target-per-arch-tag-for-the-native-one-only",
+        ),
+        pytest.param(
+            "chat-interface",
+            {"PLATFORMS": "linux/arm64"},
+            {
+                "chat-interface": {
+                    "platforms": ["linux/arm64"],
+                    "tags": ["slimllm/chat-interface:local-arm64"],
+                }
+            },
+            id="a-foreign-platform-never-gets-the-plain-tag",
+        ),
+        pytest.param(
+            "health-monitor",
+            {
+                "PUSH": "true",
+                "REGISTRY": "registry.example.com/acme",
+                "PLATFORMS": "linux/amd64,linux/arm64",
+                "CACHE": "registry",
+                "BASE_IMAGES": "linux/arm64=debian:bookworm-slim-arm64",
+            },
+            {
+                "health-monitor": {
+                    "platforms": ["linux/amd64", "linux/arm64"],
+                    "tags": ["registry.example.com/acme/health-monitor:local"],
+                    "output": ["type=registry"],
+                    "cache-from": [
+                        "type=registry,ref=registry.example.com/acme/health-monitor:"
+                        "buildcache-health-monitor-linuxamd64-linuxarm64"
+                    ],
+                    "cache-to": [
+                        "type=registry,ref=registry.example.com/acme/health-monitor:"
+                        "buildcache-health-monitor-linuxamd64-linuxarm64,mode=max"
+                    ],
+                },
+            },
+            id="push-all-platforms-in-one-manifest-with-a-registry-cache",
+        ),
+        pytest.param(
+            "model-init",
+            {"CACHE": "gha"},
+            {
+                "model-init": {
+                    "cache-from": ["type=gha,scope=model-init-default"],
+                    "cache-to": ["type=gha,mode=max,scope=model-init-default"],
+                }
+            },
+            id="gha-cache-scoped-per-image",
+        ),
+        pytest.param(
+            "cloudflared",
+            {"CACHE": "local", "CACHE_DIR": "/tmp/buildx-cache", "PLATFORMS": "linux/arm64"},
+            {
+                "cloudflared": {
+                    "platforms": ["linux/arm64"],
+                    "tags": ["slimllm/cloudflared:local-arm64"],
+                    "cache-from": ["type=local,src=/tmp/buildx-cache/cloudflared-linuxarm64"],
+                    "cache-to": ["type=local,dest=/tmp/buildx-cache/cloudflared-linuxarm64,mode=max"],
+                }
+            },
+            id="local-cache-scoped-per-image-and-platform",
+        ),
+        pytest.param(
+            "chat-interface",
+            {
+                "SLIMLLM_BUILD_CA": str(REPO_ROOT / "README.md"),
+                "GITHUB_SERVER_URL": "https://example.com",
+                "GITHUB_REPOSITORY": "acme/slimllm",
+                "GITHUB_SHA": "abc",
+            },
+            {
+                "chat-interface": {
+                    "secret": [f"id=ca,src={REPO_ROOT / 'README.md'}"],
+                    "labels": {
+                        "org.opencontainers.image.source": "https://example.com/acme/slimllm",
+                        "org.opencontainers.image.revision": "abc",
+                    },
+                }
+            },
+            id="ca-bundle-as-the-ca-secret-and-source-labels",
+        ),
+    ],
+)
+def test_bake_print(target: str, variables: dict[str, str], expected: dict[str, dict[str, Any]]) -> None:
+    printed = bake_print(target, **{**NATIVE, **variables})["target"]
+    assert sorted(printed) == sorted(expected)
+    for name, attributes in expected.items():
+        for key, value in attributes.items():
+            got = printed[name].get(key)
+            assert (texts(got) if isinstance(got, list) else got) == value, f"{name}.{key}"
+    # What the cases leave at their defaults stays out.
+    for name, target_ in printed.items():
+        for key in ("secret", "cache-from", "cache-to", "labels", "args", "platforms"):
+            if key not in expected[name]:
+                assert not target_.get(key), f"{name}.{key}"
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         pytest.param({"images": ["inference,nope"]}, "unknown image 'nope'", id="unknown-image"),
+        pytest.param({"images": ["$(touch pwned)"]}, "unknown image '$(touch'", id="hostile-image"),
+        pytest.param({"images": ["--print"]}, "unknown image '--print'", id="option-as-image"),
         pytest.param({"platforms": ["windows/amd64"]}, "platform 'windows/amd64'", id="bad-platform"),
         pytest.param({"registry": "Bad Registry"}, "registry 'Bad Registry'", id="bad-registry"),
         pytest.param({"push": True}, "push needs a registry", id="push-without-registry"),
@@ -58,70 +263,135 @@ def plan(**changes: Any) -> Any:
             {"secret_files": ["ca=/no/such/file"]}, "no file at /no/such/file", id="missing-secret-file"
         ),
         pytest.param({"secrets": ["token"]}, "expected NAME=VALUE", id="secret-without-value"),
+        pytest.param(
+            {"secrets": ["ca=x"], "secret_files": [f"ca={REPO_ROOT / 'README.md'}"]},
+            "given both as a value and as a file",
+            id="secret-as-value-and-file",
+        ),
     ],
 )
-def test_build_input_errors(changes: dict[str, Any], message: str) -> None:
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        plan(**changes)
+def test_build_input_errors(bake_file: BakeFile, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        plan(bake_file, **changes)
 
 
-def test_a_bad_secret_line_does_not_show_the_value() -> None:
+def test_a_bad_secret_line_does_not_show_the_value(bake_file: BakeFile) -> None:
     with pytest.raises(UserError) as info:
-        plan(secrets=["hunter2-is-secret"])
+        plan(bake_file, secrets=["hunter2-is-secret"])
     assert "hunter2" in str(info.value.message)  # the part before '=' is all there is
     with pytest.raises(UserError) as info:
-        plan(secrets=["bad id=hunter2"])
+        plan(bake_file, secrets=["bad id=hunter2"])
     assert "hunter2" not in info.value.message
 
 
-def test_build_steps_load_one_platform_per_run(tmp_path: Path) -> None:
+def test_build_steps_load_one_platform_per_run(bake_file: BakeFile, tmp_path: Path) -> None:
     p = plan(
+        bake_file,
         images=["inference"],
         platforms=["linux/amd64,linux/arm64"],
         tags=["local,v1"],
         build_args=["A=1 2"],
         secret_files=[f"ca={REPO_ROOT / 'README.md'}"],
         secrets=["token=s3cret"],
-        environ={
-            "GITHUB_SERVER_URL": "https://example.com",
-            "GITHUB_REPOSITORY": "acme/slimllm",
-            "GITHUB_SHA": "abc",
-        },
     )
-    steps = build_steps(p, REPO_ROOT, tmp_path)
-    assert [s.refs for s in steps] == [
-        ("slimllm/inference:local-amd64", "slimllm/inference:v1-amd64"),
-        ("slimllm/inference:local-arm64", "slimllm/inference:v1-arm64"),
+    variables = {**p.variables("linux/arm64=debian:bookworm-slim-arm64"), **NATIVE}
+    steps = build_steps(p, bake_file, bake_file.print(p.images, variables), variables, tmp_path)
+    assert [(s.target, s.platforms, s.refs) for s in steps] == [
+        (
+            "inference-amd64",
+            ("linux/amd64",),
+            (
+                "slimllm/inference:local",
+                "slimllm/inference:v1",
+                "slimllm/inference:local-amd64",
+                "slimllm/inference:v1-amd64",
+            ),
+        ),
+        (
+            "inference-arm64",
+            ("linux/arm64",),
+            ("slimllm/inference:local-arm64", "slimllm/inference:v1-arm64"),
+        ),
     ]
-    argv = steps[1].argv
-    assert argv[argv.index("--platform") + 1] == "linux/arm64"
-    assert "--load" in argv and "--push" not in argv
-    assert argv[argv.index("--build-arg") + 1] == "A=1 2"
-    assert "org.opencontainers.image.source=https://example.com/acme/slimllm" in argv
-    assert f"id=ca,src={REPO_ROOT / 'README.md'}" in argv
+    argv = list(steps[1].argv)
+    assert argv[:5] == ["docker", "buildx", "bake", "-f", str(REPO_ROOT / "docker-bake.hcl")]
+    assert argv[-2:] == ["--", "inference-arm64"]
+    sets = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    assert sets == [
+        "inference-arm64.args.A=1 2",
+        f"inference-arm64.secrets=id=ca,src={REPO_ROOT / 'README.md'}",
+        "inference-arm64.secrets=id=token,env=SLIMLLM_BUILD_SECRET_0",
+    ]
     # The secret's value travels in the environment of the build, never on its command line.
-    assert "id=token,env=SLIMLLM_BUILD_SECRET_0" in argv
     assert not any("s3cret" in arg for arg in argv)
-    assert steps[1].env == {"SLIMLLM_BUILD_SECRET_0": "s3cret"}
-    assert argv[-1] == str(REPO_ROOT)
+    assert steps[1].env == {**variables, "SLIMLLM_BUILD_SECRET_0": "s3cret"}
+    assert steps[1].env["PLATFORMS"] == "linux/amd64,linux/arm64" and steps[1].env["PUSH"] == "false"
+    assert argv[argv.index("--metadata-file") + 1] == str(tmp_path / "inference-arm64.json")
 
 
-def test_push_builds_every_platform_in_one_run_with_a_registry_cache(tmp_path: Path) -> None:
+def test_secrets_given_join_the_bake_files_ca_secret(bake_file: BakeFile, tmp_path: Path) -> None:
+    p = plan(bake_file, images=["model-init"], secrets=["token=s3cret"])
+    variables = {**p.variables(), **NATIVE, "SLIMLLM_BUILD_CA": str(REPO_ROOT / "README.md")}
+    (step,) = build_steps(p, bake_file, bake_file.print(p.images, variables), variables, tmp_path)
+    argv = list(step.argv)
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"] == [
+        f"model-init.secrets=id=ca,src={REPO_ROOT / 'README.md'}",
+        "model-init.secrets=id=token,env=SLIMLLM_BUILD_SECRET_0",
+    ]
+
+
+def test_push_builds_every_platform_in_one_run_with_a_registry_cache(
+    bake_file: BakeFile, tmp_path: Path
+) -> None:
     p = plan(
+        bake_file,
         images=["health-monitor"],
         platforms=["linux/amd64,linux/arm64"],
         push=True,
         registry="registry.example.com/acme",
         cache="registry",
     )
-    (step,) = build_steps(p, REPO_ROOT, tmp_path)
+    variables = {**p.variables(), **NATIVE}
+    printed = bake_file.print(p.images, variables)
+    (step,) = build_steps(p, bake_file, printed, variables, tmp_path, builder="slimllm-cache-builder")
     assert step.refs == ("registry.example.com/acme/health-monitor:local",)
-    argv = step.argv
-    assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
-    assert "--push" in argv
-    cache_to = argv[argv.index("--cache-to") + 1]
-    assert cache_to.startswith("type=registry,ref=registry.example.com/acme/health-monitor:buildcache-")
-    assert argv[-1] == str(REPO_ROOT / CATALOG["health-monitor"].context)
+    assert step.platforms == ("linux/amd64", "linux/arm64")
+    assert step.env["PUSH"] == "true" and step.env["CACHE"] == "registry"
+    assert step.argv[step.argv.index("--builder") + 1] == "slimllm-cache-builder"
+    assert texts(printed["target"]["health-monitor"]["output"]) == ["type=registry"]
+
+
+@pytest.mark.docker
+def test_images_build_loads_each_platform_and_reports(
+    docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real `slimllm images build` of the small monitor image for two platforms (cross-compiled)."""
+    native = {"x86_64": "amd64", "aarch64": "arm64"}.get(docker_client.info()["Architecture"])
+    require(native is not None, "the images are built for amd64 and arm64")
+    foreign = "arm64" if native == "amd64" else "amd64"
+    tag = f"t{RUN_ID}"
+    summary, outputs = tmp_path / "summary.md", tmp_path / "outputs"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    for variable in ("TAG", "REGISTRY", "PLATFORMS", "PUSH", "CACHE", "BASE_IMAGES"):
+        monkeypatch.delenv(variable, raising=False)
+    refs = [f"slimllm/health-monitor:{tag}", f"slimllm/health-monitor:{tag}-{native}"]
+    refs.append(f"slimllm/health-monitor:{tag}-{foreign}")
+    try:
+        args = ["images", "build", "health-monitor", "--tags", tag, "--root", str(REPO_ROOT)]
+        assert main([*args, "--platforms", f"linux/{native},linux/{foreign}"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == " ".join(refs[::2])
+        for ref, arch in zip(refs, [native, native, foreign], strict=True):
+            assert docker_client.images.get(ref).attrs["Architecture"] == arch, ref
+        written = outputs.read_text()
+        assert f'"health-monitor": {json.dumps(refs[:2] + refs[2:])}' in written
+        assert '"health-monitor": "sha256:' in written
+        assert "| health-monitor | <code>" in summary.read_text()
+    finally:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(ref, force=True)
 
 
 @pytest.mark.parametrize(
@@ -148,9 +418,15 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_plan_models_from_presets_and_a_repo() -> None:
     plans = plan_models(["default", "qwen"], repo="acme/Tiny-GGUF", file="tiny-q4.gguf", chat_format="chatml")
     assert [p.name for p in plans] == ["default", "qwen", "tiny-q4"]
-    assert "SLIMLLM_MODEL" not in plans[1].settings  # the server gets the mounted file instead
-    assert plans[1].settings["SLIMLLM_MODEL_ALIAS"]
-    assert plans[2].settings == {"SLIMLLM_MODEL_ALIAS": "tiny-q4", "SLIMLLM_CHAT_FORMAT": "chatml"}
+    # A preset goes to the server by name: it resolves it, as in the compose stacks.
+    assert plans[1].environment == {"SLIMLLM_PRESET": "qwen"}
+    assert plans[1].source.repo == "Qwen/Qwen2.5-3B-Instruct-GGUF"  # what the host fetches first
+    # A model of one's own gets no alias or template unless given: the GGUF's own apply.
+    assert plans[2].environment == {
+        "SLIMLLM_MODEL": "acme/Tiny-GGUF",
+        "SLIMLLM_MODEL_FILE": "tiny-q4.gguf",
+        "SLIMLLM_CHAT_FORMAT": "chatml",
+    }
     assert plans[1].cache_key != plans[2].cache_key
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from slimllm import presets
 from slimllm.inference.api import ENGINE_STALL_SECONDS, Settings, create_app
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import EngineError, Stats, _StopScanner
 from slimllm.inference.mailbox import Mailbox, _write_keeping_gil
-from slimllm.inference.server import preset_names, read_preset
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,6 @@ def test_jinja_template_renders_like_transformers() -> None:
         prompt
         == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert not template.includes_bos
 
 
 def test_template_exceptions_become_client_errors() -> None:
@@ -79,9 +78,9 @@ def test_invalid_template_is_refused_at_start() -> None:
 
 
 def test_presets_share_one_format() -> None:
-    assert {"default", "phi", "qwen", "llama"} <= set(preset_names())
-    for name in preset_names():
-        values = read_preset(name)
+    assert {"default", "phi", "qwen", "llama"} <= set(presets.names())
+    for name in presets.names():
+        values = presets.read(name)
         assert values["SLIMLLM_MODEL"], name
         assert all(key.startswith("SLIMLLM_") for key in values), name
 

@@ -17,12 +17,10 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ import pytest
 
 from slimllm.model import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_SHA256
 from tests.conftest import REPO_ROOT, require
-from tests.fakes.hf_hub import COMMIT, FakeHub
+from tests.fakes.hf_hub import serve_hub
 
 # The test doubles for the tunnel: the stand-in cloudflared, served as a release file and built
 # into the real docker/cloudflared image (fixtures of the sidecar tests, reused as they are).
@@ -71,8 +69,16 @@ MAKE_TARGETS = {
     "stop-all", "clean",
 }  # fmt: skip
 EMBEDDED_MODEL_SIZE = 253_113_024
-HOST_CA_BUNDLE = Path(os.environ.get("SLIMLLM_BUILD_CA", "/etc/ssl/certs/ca-certificates.crt"))
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+# The one definition of the services, which every stack extends.
+SERVICES_FILE = REPO_ROOT / "src/slimllm/runner/services.yml"
+SERVICE_DOCKERFILES = {
+    "inference": REPO_ROOT / "app/inference/Dockerfile",
+    "chat-interface": REPO_ROOT / "app/chat-interface/Dockerfile",
+    "cloudflared": REPO_ROOT / "docker/cloudflared/Dockerfile",
+    "health-monitor": REPO_ROOT / "docker/health-monitor/Dockerfile",
+    "model-init": REPO_ROOT / "docker/model-init/Dockerfile",
+}
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -93,7 +99,6 @@ def compose_env(**extra: str) -> dict[str, str]:
     """This process's environment without anything that could change what the stacks do."""
     settings = set(env_example()) | {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_ENV_FILES"}
     env = {k: v for k, v in os.environ.items() if k not in settings}
-    env["SLIMLLM_BUILD_CA"] = str(HOST_CA_BUNDLE) if HOST_CA_BUNDLE.is_file() else "/dev/null"
     return {**env, **extra}
 
 
@@ -199,22 +204,20 @@ def test_services_are_hardened_and_health_checked(compose_cli: None, file: str) 
         limits = service["deploy"]["resources"]["limits"]
         assert int(limits["memory"]) > 0 and limits["pids"] > 0, where
         assert service["image"].startswith("slimllm/") and service["image"].endswith(":local"), where
+        # Images come from the one build definition (docker-bake.hcl), not from compose.
+        assert "build" not in service, where
 
-        # Every image is built here, from a Dockerfile that exists (no registry is needed).
-        build = service["build"]
-        dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
-        assert dockerfile.is_file(), f"{where}: {dockerfile} does not exist"
-
-        # The health check runs a program that the image has: never curl or wget, which the
-        # slim images leave out.
+        # The health check is the image's own (one definition, in its Dockerfile), and runs a
+        # program that the image has: never curl or wget, which the slim images leave out.
+        assert "healthcheck" not in service, where
+        dockerfile = SERVICE_DOCKERFILES[service["image"].split("/")[1].split(":")[0]]
+        checks = re.findall(r"(?ms)^HEALTHCHECK .*?CMD \[\"([^\"]+)\"", dockerfile.read_text())
         if name in ONE_SHOT:
-            assert service["restart"] == "no" and "healthcheck" not in service, where
+            assert service["restart"] == "no" and not checks, where
             continue
         assert service["restart"] == "unless-stopped", where
         assert "slimllm" in service["networks"], where
-        test = service["healthcheck"]["test"]
-        assert test[0] == "CMD" and test[1] not in ("curl", "wget"), where
-        assert test[1] in dockerfile.read_text(), f"{where}: {test[1]} is not in {dockerfile}"
+        assert len(checks) == 1 and checks[0] not in ("curl", "wget"), f"{where}: {checks}"
 
         for dependency, condition in service.get("depends_on", {}).items():
             expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
@@ -262,7 +265,7 @@ def test_sidecars_point_at_the_stack_own_services(compose_cli: None, file: str) 
 def test_env_example_and_the_compose_files_name_the_same_variables() -> None:
     example = env_example()
     used: dict[str, set[str]] = {}
-    for path in REPO_ROOT.glob("docker-compose*.yml"):
+    for path in [*REPO_ROOT.glob("docker-compose*.yml"), SERVICES_FILE]:
         for name, default in VARIABLE.findall(path.read_text()):
             used.setdefault(name, set()).add(default)
     assert set(example) >= COMPOSE_OWN
@@ -341,19 +344,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(docker_client: Any, compose_cli: None) -> Iterator[Stack]:
-    """The default stack, as `docker compose up` starts it, built from this checkout."""
+def stack(docker_client: Any, compose_cli: None, stack_images: dict[str, str]) -> Iterator[Stack]:
+    """The default stack, as `docker compose up` starts it, on images built from this checkout."""
     project = f"slimllm-test-{RUN_ID}"
     chat_port, inference_port = free_port(), free_port()
     env = compose_env(
         SLIMLLM_MODELS_VOLUME=f"{project}-models",
         SLIMLLM_PUBLISH_CHAT=str(chat_port),
         SLIMLLM_PUBLISH_INFERENCE=str(inference_port),
+        **stack_images,
     )
     s = Stack(project, env, f"http://127.0.0.1:{chat_port}", f"http://127.0.0.1:{inference_port}")
     try:
-        # Built first and apart, with the time a cold build of the inference image takes.
-        s.compose("build", timeout=1800)
         yield s
     finally:
         result = s.compose("--profile", "tunnel", "down", "--volumes", "--remove-orphans", check=False)
@@ -463,37 +465,9 @@ def hub_for_containers(docker_client: Any, default_model: Path) -> Iterator[tupl
     repo, filename = "Qwen/Qwen2.5-3B-Instruct-GGUF", "qwen2.5-3b-instruct-q4_k_m.gguf"
     body = default_model.read_bytes()
     assert len(body) == EMBEDDED_MODEL_SIZE
-    hub = FakeHub({f"{repo}/{filename}": body})
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _head(self) -> bool:
-            found = hub.lookup(self.path.split("?")[0]) is not None
-            self.send_response(200 if found else 404)
-            self.send_header("X-Repo-Commit", COMMIT)
-            if found:
-                self.send_header("ETag", f'"{EMBEDDED_MODEL_SHA256}"')
-            self.send_header("Content-Length", str(len(body) if found else 0))
-            self.end_headers()
-            return found
-
-        def do_HEAD(self) -> None:
-            self._head()
-
-        def do_GET(self) -> None:
-            if self._head():
-                self.wfile.write(body)
-
     gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    server = ThreadingHTTPServer((gateway, 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://{gateway}:{server.server_address[1]}", filename
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_hub({f"{repo}/{filename}": body}, host=gateway) as (url, _):
+        yield url, filename
 
 
 @pytest.mark.docker
@@ -526,3 +500,56 @@ def test_a_hugging_face_model_stack_downloads_into_its_volume(
         assert re.search(r" UP qwen=UP\(HTTP 200", compose(*files, "logs", "monitor", env=env).stdout)
     finally:
         compose(*files, "down", "--volumes", "--remove-orphans", env=env, check=False)
+
+
+def _project_files() -> list[Path]:
+    """The repository's code and configuration (docs and tests aside), tracked or new."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    paths = [
+        REPO_ROOT / name for name in listed if not name.startswith("tests/") and not name.endswith(".md")
+    ]
+    return [p for p in paths if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("what", "pattern", "allowed"),
+    [
+        pytest.param(
+            "a memory limit",
+            r"^\s*memory:\s|mem_limit|--memory\b",
+            {"src/slimllm/runner/services.yml"},
+            id="memory",
+        ),
+        pytest.param(
+            "a health check",
+            r"(?i)^\s*healthcheck\b|healthcheck[=:]|^HEALTHCHECK ",
+            set(SERVICE_DOCKERFILES[image].relative_to(REPO_ROOT).as_posix() for image in SERVICE_DOCKERFILES)
+            - {"docker/model-init/Dockerfile"},
+            id="health-check",
+        ),
+        pytest.param(
+            "preset parsing",
+            r"(?s)\A(?=.*preset).*(partition\(\"=\"\)|split\(\"=\"|cut -d=|IFS==)",
+            {"src/slimllm/presets/__init__.py"},
+            id="presets",
+        ),
+    ],
+)
+def test_one_definition(what: str, pattern: str, allowed: set[str]) -> None:
+    """grep finds each of these in one place: the one the rest derives from."""
+    regex = re.compile(pattern, re.MULTILINE)
+    found = set()
+    for path in _project_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        if regex.search(text):
+            found.add(path.relative_to(REPO_ROOT).as_posix())
+    assert found == allowed, f"{what} is defined in {sorted(found)}"

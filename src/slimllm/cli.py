@@ -13,11 +13,11 @@ import click
 from slimllm import __version__, gha
 from slimllm.chat.server import chat_interface
 from slimllm.errors import UserError
-from slimllm.runner.images import images
 from slimllm.inference.server import serve
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
 from slimllm.reports.commands import report
-from slimllm.runner.stack import stack
+from slimllm.runner.cli import stack
+from slimllm.runner.images import images
 from slimllm.runner.tunnel import tunnel_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}

@@ -1,4 +1,4 @@
-"""The GitHub Actions runtime: step outputs, job summary, env, masks, log groups, annotations, inputs.
+"""The GitHub Actions runtime: step outputs, job summary, masks, log groups, annotations.
 
 Every helper works outside GitHub too: files that the runner would provide fall back to plain
 stdout, and workflow commands become readable lines. Masking is the exception: outside GitHub it
@@ -14,8 +14,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
-
-INPUT_PREFIX = "SLIMLLM_"
 
 
 def in_github(environ: Mapping[str, str] | None = None) -> bool:
@@ -62,17 +60,6 @@ def set_output(name: str, value: object) -> None:
 def set_outputs(values: Mapping[str, object]) -> None:
     for name, value in values.items():
         set_output(name, value)
-
-
-def export_env(name: str, value: object) -> None:
-    """Export a variable to this step (os.environ) and to the job's later steps (GITHUB_ENV)."""
-    text = _stringify(value)
-    os.environ[name] = text
-    path = _runner_file("GITHUB_ENV")
-    if path is None:
-        print(f"export {name}={text}", file=_stdout())
-        return
-    _append(path, _heredoc(name, text))
 
 
 def append_summary(markdown: str) -> None:
@@ -170,45 +157,6 @@ def _annotate(
         )
     prefix = f"{title}: " if title else ""
     print(f"{level}: {where}{prefix}{message}", file=sys.stderr, flush=True)
-
-
-def get_input(
-    name: str, default: str | None = None, *, required: bool = False, prefix: str = INPUT_PREFIX
-) -> str | None:
-    """Read an action input passed as a prefixed environment variable (`model-repo` -> SLIMLLM_MODEL_REPO).
-
-    Values are stripped; an empty value counts as unset, as it does for `with:` inputs.
-    """
-    variable = prefix + name.upper().replace("-", "_").replace(" ", "_")
-    value = os.environ.get(variable, "").strip()
-    if value:
-        return value
-    if required:
-        raise InputError(f"input '{name}' is required (environment variable {variable} is empty)")
-    return default
-
-
-def get_bool_input(name: str, default: bool = False, *, prefix: str = INPUT_PREFIX) -> bool:
-    """Read a boolean input with the YAML 1.2 core schema spellings GitHub's toolkit accepts."""
-    value = get_input(name, prefix=prefix)
-    if value is None:
-        return default
-    if value in ("true", "True", "TRUE"):
-        return True
-    if value in ("false", "False", "FALSE"):
-        return False
-    raise InputError(f"input '{name}' must be true or false, got {value!r}")
-
-
-def get_list_input(name: str, *, prefix: str = INPUT_PREFIX) -> list[str]:
-    """A list input: one item per line or comma separated, blanks dropped."""
-    value = get_input(name, prefix=prefix) or ""
-    items = [part.strip() for line in value.splitlines() for part in line.split(",")]
-    return [item for item in items if item]
-
-
-class InputError(ValueError):
-    """An action input is missing or malformed."""
 
 
 def _stringify(value: object) -> str:

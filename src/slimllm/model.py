@@ -9,6 +9,7 @@ leaves a partial or unverified model where a server would pick it up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -172,7 +173,29 @@ def fetch(
     else:
         cached = _hf_download(source, endpoint=endpoint, progress=progress)
         _materialise(target, expected, lambda tmp: _link_or_copy(cached, tmp))
+        if expected is None:
+            _record_digest(target, source)
     return target
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.sha256")
+
+
+def _record_digest(target: Path, source: ModelSource) -> None:
+    """Note the digest of a download that had none pinned, so that a later start (another
+    container, a restored cache) can verify the file and reuse it without asking the hub."""
+    with contextlib.suppress(OSError):  # a read-only models directory: the hub decides next time
+        _record_path(target).write_text(f"{sha256_file(target)}  {source.describe()}\n", encoding="utf-8")
+
+
+def recorded_digest(target: Path, source: ModelSource) -> str | None:
+    """The digest noted at the first download of `source` as `target`, if it was this source."""
+    try:
+        digest, _, described = _record_path(target).read_text(encoding="utf-8").strip().partition("  ")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return digest if described == source.describe() and len(digest) == 64 else None
 
 
 def _is_current(target: Path, source: ModelSource, expected: str | None) -> bool:
@@ -188,8 +211,13 @@ def _is_current(target: Path, source: ModelSource, expected: str | None) -> bool
         return target.stat().st_size == source.path.stat().st_size and sha256_file(target) == sha256_file(
             source.path
         )
-    # A Hugging Face file without a pinned digest: let the hub (and its cache) decide.
-    return False
+    # A Hugging Face file without a pinned digest: the one recorded at its first download, if
+    # any; otherwise the hub (and its cache) decides.
+    recorded = recorded_digest(target, source)
+    try:
+        return recorded is not None and sha256_file(target) == recorded
+    except OSError:
+        return False
 
 
 def _materialise(target: Path, expected: str | None, write: Callable[[Path], object]) -> None:

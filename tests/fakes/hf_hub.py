@@ -32,8 +32,11 @@ class FakeHub:
 
 
 @contextmanager
-def serve_hub(files: dict[str, bytes], *, download_seconds: float = 0.0) -> Iterator[tuple[str, FakeHub]]:
-    """Serve `files`; `download_seconds` spreads each GET body over that much time."""
+def serve_hub(
+    files: dict[str, bytes], *, download_seconds: float = 0.0, host: str = "127.0.0.1"
+) -> Iterator[tuple[str, FakeHub]]:
+    """Serve `files` on `host` (e.g., a bridge gateway, for containers); `download_seconds` spreads
+    each GET body over that much time."""
     hub = FakeHub(files)
 
     class Handler(BaseHTTPRequestHandler):
@@ -72,11 +75,11 @@ def serve_hub(files: dict[str, bytes], *, download_seconds: float = 0.0) -> Iter
                 self.wfile.flush()
                 time.sleep(download_seconds / chunks)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hub
+        yield f"http://{host}:{server.server_address[1]}", hub
     finally:
         server.shutdown()
         server.server_close()

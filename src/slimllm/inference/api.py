@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from slimllm import __version__
 from slimllm.inference.chat_templates import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
 from slimllm.inference.mailbox import Mailbox
@@ -353,10 +354,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
         if chat:
             _reject_unsupported(body, {"tools": [], "functions": [], "logprobs": False, "top_logprobs": 0})
-            try:
-                prompt = engine.chat_prompt(_messages(body))
-            except TemplateError as exc:
-                raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
+            prompt = engine.chat_tokens(render(engine, body))
             max_tokens = budget(engine, prompt, body, None)
         else:
             _reject_unsupported(body, {"echo": False, "suffix": "", "logprobs": 0, "best_of": 1})
@@ -375,6 +373,45 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def chat_completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=True)
 
+    def render(engine: Engine, body: dict[str, Any]) -> str:
+        try:
+            return engine.chat.render(_messages(body))
+        except TemplateError as exc:
+            raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
+
+    async def props(request: Request) -> Response:
+        """What the server resolved at start, as llama-server's /props shows it."""
+        engine = state.require_engine()
+        return JSONResponse(
+            {
+                "model_alias": settings.model_id,
+                "model_path": str(engine.model_path),
+                "model_name": engine.general_name,
+                "architecture": engine.architecture,
+                "chat_template": engine.chat.template,
+                "chat_template_description": engine.chat.description,
+                "bos_token": engine.bos_token,
+                "eos_token": engine.eos_token,
+                "total_slots": engine.slots_count,
+                "n_ctx": engine.ctx_per_slot,
+                "build_info": f"slimllm {__version__}",
+            }
+        )
+
+    async def apply_template(request: Request) -> Response:
+        """The prompt text a chat request's messages become (llama-server's /apply-template)."""
+        engine = state.require_engine()
+        return JSONResponse({"prompt": render(engine, await json_body(request))})
+
+    async def tokenize(request: Request) -> Response:
+        """Token ids of a text; special tokens' text is parsed as those tokens (llama-server's /tokenize)."""
+        engine = state.require_engine()
+        body = await json_body(request)
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ApiError(400, "'content' must be a string", param="content", code="invalid_type")
+        return JSONResponse({"tokens": engine.tokenize(content, add_bos=_flag(body, "add_special"))})
+
     async def completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=False)
 
@@ -384,6 +421,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/props", props, methods=["GET"]),
+        Route("/apply-template", apply_template, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
@@ -393,8 +433,20 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     )
 
 
+_OPEN_ROUTES = frozenset({"/health", "/metrics"})
+_ROUTES = _OPEN_ROUTES | {
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/props",
+    "/apply-template",
+    "/tokenize",
+}
+
+
 class _Guard:
-    """API-key check on /v1 routes and a request counter, as plain ASGI so streams pass through."""
+    """API-key check on every route but the probes, and a request counter, as plain ASGI so
+    streams pass through."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, counter: Counter) -> None:
         self.app, self.counter = app, counter
@@ -405,11 +457,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        route = (
-            path
-            if path in ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
-            else "other"
-        )
+        route = path if path in _ROUTES else "other"
         status_seen = {"code": 500}
 
         async def counting_send(message: Message) -> None:
@@ -418,7 +466,7 @@ class _Guard:
             await send(message)
 
         try:
-            if self.api_key is not None and path.startswith("/v1") and not self._authorised(scope):
+            if self.api_key is not None and path not in _OPEN_ROUTES and not self._authorised(scope):
                 response = ApiError(
                     401,
                     "missing or invalid API key (send 'Authorization: Bearer <key>')",
@@ -488,6 +536,8 @@ def _model_card(model_id: str, engine: Engine, created: float) -> dict[str, Any]
             "size": engine.size_bytes,
             "slots": engine.slots_count,
             "chat_template": engine.chat.description,
+            "name": engine.general_name,
+            "architecture": engine.architecture,
         },
     }
 

@@ -31,8 +31,8 @@ class TemplateError(ValueError):
 
 class ChatRenderer(Protocol):
     description: str
-    # True when the rendered text already starts with the BOS token, so tokenizing must not add one.
-    includes_bos: bool
+    # The Jinja source, or the built-in template's name: what `/props` shows as `chat_template`.
+    template: str
 
     def render(self, messages: list[Message]) -> str: ...
 
@@ -63,7 +63,7 @@ class JinjaChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"chat template from {self.origin} is not valid Jinja: {exc}") from None
         self.description = f"Jinja template ({self.origin})"
-        self.includes_bos = bool(self.bos_token) and self.bos_token in self.source
+        self.template = self.source
 
     def render(self, messages: list[Message]) -> str:
         try:
@@ -89,7 +89,7 @@ class BuiltinChatTemplate:
 
     def __post_init__(self) -> None:
         self.description = f"llama.cpp built-in template '{self.name}' ({self.origin})"
-        self.includes_bos = False
+        self.template = self.name
         # Fail at start, not on the first request, if llama.cpp does not know this template.
         self.render([{"role": "user", "content": "hi"}])
 

@@ -234,6 +234,14 @@ class Engine:
                 meta[key] = buf.value.decode("utf-8", errors="replace")
         return meta
 
+    @property
+    def general_name(self) -> str:
+        return self.metadata.get("general.name", "")
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "")
+
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -243,8 +251,8 @@ class Engine:
     def _choose_chat_renderer(
         self, chat_format: str | None, template: str | None, template_origin: str
     ) -> ChatRenderer:
-        bos = self._token_text(int(self._lib.llama_vocab_bos(self._vocab)))
-        eos = self._token_text(int(self._lib.llama_vocab_eos(self._vocab)))
+        self.bos_token = bos = self._token_text(int(self._lib.llama_vocab_bos(self._vocab)))
+        self.eos_token = eos = self._token_text(int(self._lib.llama_vocab_eos(self._vocab)))
         if template:
             try:
                 return JinjaChatTemplate(template, bos, eos, template_origin)
@@ -285,9 +293,11 @@ class Engine:
                 return list(tokens[:n])
             capacity = -n
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.chat.render(messages)
-        return self.tokenize(text, add_bos=self.add_bos and not self.chat.includes_bos)
+    def chat_tokens(self, rendered: str) -> list[int]:
+        """The tokens of a rendered chat prompt: BOS added unless the rendered text starts with it
+        (a template may write it literally or through `bos_token`), as llama.cpp's chat code does."""
+        wrote_bos = bool(self.bos_token) and rendered.startswith(self.bos_token)
+        return self.tokenize(rendered, add_bos=self.add_bos and not wrote_bos)
 
     def completion_prompt(self, text: str) -> list[int]:
         return self.tokenize(text, add_bos=self.add_bos)

@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from slimllm import presets
 from slimllm.errors import UserError
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
@@ -23,57 +24,27 @@ from slimllm.model import (
     sha256_file,
 )
 
-PRESET_PACKAGE = "slimllm.presets"
 
-
-def preset_names() -> list[str]:
-    return sorted(
-        p.name.removesuffix(".env")
-        for p in resources.files(PRESET_PACKAGE).iterdir()
-        if p.name.endswith(".env")
-    )
-
-
-def read_preset(name: str) -> dict[str, str]:
-    """A preset is an env file (`KEY=value` lines, `#` comments): a bundled name or a path."""
-    if name.endswith(".env") or "/" in name:
-        try:
-            text = Path(name).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read preset file {name}: {exc.strerror or exc}") from None
-    else:
-        entry = resources.files(PRESET_PACKAGE).joinpath(f"{name}.env")
-        if not entry.is_file():
+def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, Any]) -> None:
+    """Fill the options the user did not give from the preset, by the rules of `slimllm.presets`."""
+    by_env = {p.envvar: p for p in ctx.command.params if isinstance(p.envvar, str) and p.name in options}
+    given_sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    given = {
+        env: str(options[p.name])
+        for env, p in by_env.items()
+        if p.name and ctx.get_parameter_source(p.name) in given_sources and options[p.name] is not None
+    }
+    try:
+        chosen = presets.resolve(preset, given)
+    except presets.PresetError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--preset' / SLIMLLM_PRESET") from None
+    for env, raw in chosen.items():
+        param = by_env.get(env)
+        if param is None or not param.name:
             raise click.BadParameter(
-                f"unknown preset '{name}'; choose one of {', '.join(preset_names())} "
-                "or give a path to an .env file"
+                f"preset {preset}: unknown setting {env}", ctx=ctx, param_hint="'--preset' / SLIMLLM_PRESET"
             )
-        text = entry.read_text(encoding="utf-8")
-    values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"preset {name}, line {number}: expected KEY=value")
-        values[key.strip()] = value.strip()
-    return values
-
-
-def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Turn the preset's env-style keys into defaults; flags and real env vars still win."""
-    if not value:
-        return value
-    by_env = {p.envvar: p.name for p in ctx.command.params if isinstance(p.envvar, str) and p.name}
-    defaults: dict[str, Any] = dict(ctx.default_map or {})
-    for key, raw in read_preset(value).items():
-        if key not in by_env:
-            raise click.BadParameter(f"preset {value}: unknown setting {key}", ctx=ctx, param=param)
-        if raw:
-            defaults[by_env[key]] = raw
-    ctx.default_map = defaults
-    return value
+        options[param.name] = param.type_cast_value(ctx, raw)
 
 
 def _read_secret_file(path: Path | None) -> str | None:
@@ -90,10 +61,9 @@ def _read_secret_file(path: Path | None) -> str | None:
     "--preset",
     envvar="SLIMLLM_PRESET",
     show_envvar=True,
-    is_eager=True,
-    callback=_apply_preset,
-    expose_value=False,
-    help="Model preset: default, phi, qwen, llama, or a path to an .env file.",
+    help="Model preset: default, phi, qwen, llama, or a path to an .env file. Its settings fill what "
+    "is not given; its alias and chat format apply only to its own model. Without one, the "
+    "embedded default model gets the `default` preset.",
 )
 @click.option(
     "--model",
@@ -133,7 +103,7 @@ def _read_secret_file(path: Path | None) -> str | None:
     "--model-alias",
     envvar="SLIMLLM_MODEL_ALIAS",
     show_envvar=True,
-    help="Model id served in /v1/models (default: the file name without .gguf).",
+    help="Model id served in /v1/models (default: the GGUF's file name without .gguf).",
 )
 @click.option(
     "--ctx-size",
@@ -245,7 +215,19 @@ def _read_secret_file(path: Path | None) -> str | None:
     show_envvar=True,
     help="Log verbosity.",
 )
-def serve(
+@click.pass_context
+def serve(ctx: click.Context, /, preset: str | None, **options: Any) -> None:
+    """Serve a GGUF model over an OpenAI-compatible HTTP API.
+
+    Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /props,
+    POST /apply-template, POST /tokenize, GET /health, GET /metrics (Prometheus). With an API key
+    set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
+    """
+    _resolve_preset(ctx, preset, options)
+    _serve(**options)
+
+
+def _serve(
     model_source: str,
     model_file: str | None,
     model_revision: str | None,
@@ -267,12 +249,6 @@ def serve(
     shutdown_grace: float,
     log_level: str,
 ) -> None:
-    """Serve a GGUF model over an OpenAI-compatible HTTP API.
-
-    Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
-    GET /metrics (Prometheus). With an API key set, every /v1 route needs
-    `Authorization: Bearer <key>`; /health and /metrics stay open.
-    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = os.environ.get("SLIMLLM_API_KEY", "").strip() or _read_secret_file(api_key_file)
     template = None
