@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -72,6 +73,31 @@ def test_booleans_use_yaml_spelling(runner: dict[str, Path]) -> None:
 def test_invalid_output_name_is_rejected(runner: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="invalid name"):
         gha.set_output("bad\nname", "v")
+
+
+def test_export_env_reaches_this_step_and_later_ones(
+    runner: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set first, so that monkeypatch takes back what export_env puts into os.environ.
+    monkeypatch.setenv("SLIMLLM_TEST_VAR", "")
+    monkeypatch.setenv("SLIMLLM_TEST_OTHER", "")
+    gha.export_env("SLIMLLM_TEST_VAR", "first\nsecond")
+    gha.export_env("SLIMLLM_TEST_OTHER", True)
+    assert parse_heredocs(runner["GITHUB_ENV"].read_text()) == {
+        "SLIMLLM_TEST_VAR": "first\nsecond",
+        "SLIMLLM_TEST_OTHER": "true",
+    }
+    assert os.environ["SLIMLLM_TEST_VAR"] == "first\nsecond"
+
+
+def test_export_env_outside_github_prints_a_shell_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GITHUB_ENV", raising=False)
+    monkeypatch.setenv("SLIMLLM_TEST_VAR", "old")
+    gha.export_env("SLIMLLM_TEST_VAR", "https://new.example")
+    assert capsys.readouterr().out == "export SLIMLLM_TEST_VAR=https://new.example\n"
+    assert os.environ["SLIMLLM_TEST_VAR"] == "https://new.example"
 
 
 def test_summary_appends(runner: dict[str, Path]) -> None:

@@ -62,6 +62,17 @@ def set_outputs(values: Mapping[str, object]) -> None:
         set_output(name, value)
 
 
+def export_env(name: str, value: object) -> None:
+    """Export a variable to this step (os.environ) and to the job's later steps (GITHUB_ENV)."""
+    text = _stringify(value)
+    os.environ[name] = text
+    path = _runner_file("GITHUB_ENV")
+    if path is None:
+        print(f"export {name}={text}", file=_stdout())
+        return
+    _append(path, _heredoc(name, text))
+
+
 def append_summary(markdown: str) -> None:
     """Append markdown to the job summary (or print it when there is no summary file)."""
     if not markdown.endswith("\n"):
