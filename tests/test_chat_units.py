@@ -4,6 +4,7 @@ against the stand-in backend of tests/fakes/openai_backend.py (real HTTP, real u
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -114,7 +115,9 @@ def test_cli_reports_bad_config_in_one_line(capsys: pytest.CaptureFixture[str]) 
 def test_api_key_is_not_an_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat-interface", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--api-key" not in out and "SLIMLLM_CHAT_KEY_" in out
+    # Keys come from the environment or a file, never from argv (where `ps` shows them).
+    assert not re.search(r"--api-key(?!-file)", out) and "--api-key-file" in out
+    assert "SLIMLLM_CHAT_KEY_" in out and "SLIMLLM_CHAT_API_KEY" in out
 
 
 # -- instance choice -------------------------------------------------------------------------
@@ -272,7 +275,24 @@ def test_stream_passes_sampling_and_history(fake: tuple[str, list[list[Any]]]) -
     [
         pytest.param("{", 400, "not valid JSON", id="json"),
         pytest.param({"messages": [{"role": "user", "content": "x"}]}, 400, "'models'", id="no-models"),
-        pytest.param({"models": ["nope"], "messages": []}, 404, "does not exist", id="unknown-model"),
+        pytest.param(
+            {"models": ["nope"], "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "does not exist",
+            id="unknown-model",
+        ),
+        pytest.param(
+            {"models": ["xss"], "messages": [{"role": "user", "content": "x"}], "ignore_eos": True},
+            400,
+            "'ignore_eos' is a server setting",
+            id="server-only-knob",
+        ),
+        pytest.param(
+            {"models": ["xss"], "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000},
+            400,
+            "'max_tokens'",
+            id="max-tokens-over-limit",
+        ),
         pytest.param({"models": ["xss"], "messages": []}, 400, "non-empty list", id="no-messages"),
         pytest.param(
             {"models": ["xss"], "messages": [{"role": "bot", "content": "x"}]}, 400, "role", id="role"

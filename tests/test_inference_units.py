@@ -91,6 +91,7 @@ class StandInEngine:
     def __init__(self) -> None:
         self.stats = Stats()
         self.slots_count, self.active, self.waiting = 1, 0, 0
+        self.n_vocab = 0
         self.busy = False
         self.last_progress = time.monotonic()
         self.running = True

@@ -19,19 +19,31 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import httpx
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from slimllm import __version__
+from slimllm.chat.auth import Keyring, RequireKey, login_page, over_https, session_cookie
 from slimllm.chat.backends import (
     Model,
     NoInstance,
@@ -42,16 +54,31 @@ from slimllm.chat.backends import (
     error_message,
     sse_data,
 )
+from slimllm.chat.schemas import (
+    SERVER_ONLY,
+    UNSUPPORTED,
+    ChatCompletionRequestBase,
+    GatewaySampling,
+    StreamRequestBase,
+    operations,
+    request_models,
+)
+from slimllm.limits import (
+    BodyLimit,
+    ConcurrencyLimiter,
+    Disconnected,
+    Network,
+    RateLimiter,
+    client_key,
+    until_disconnect,
+)
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
+from slimllm.openapi import document, parse
 
 log = logging.getLogger("slimllm.chat")
 
 STATIC = Path(__file__).parent / "static"
-ROLES = {"system", "user", "assistant"}
-# Keys of a streaming API request that are the chat service's own; every other key (max_tokens,
-# temperature, ...) goes to each backend as given.
-OWN_KEYS = frozenset({"models", "messages", "history", "model", "stream", "stream_options"})
-MAX_MODELS = 8
+M = TypeVar("M", bound=BaseModel)
 # Headers of a backend's answer that the gateway passes on.
 PASSED_HEADERS = ("retry-after", "x-request-id")
 
@@ -70,9 +97,39 @@ SECURITY_HEADERS = [
 BADGE_COLOURS = {"up": "brightgreen", "loading": "yellow", "down": "red", "unknown": "lightgrey"}
 
 
-def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
+@dataclass(frozen=True)
+class Protection:
+    """The gateway's access control and abuse limits (README: Configuration)."""
+
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_tokens_limit: int = 1024
+    max_streams_per_client: int = 2
+    rate_limit: int = 30  # generation requests a minute per client
+    login_rate_limit: int = 10  # login attempts a minute per client
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+def create_app(
+    registry: Registry, *, keepalive: float = 15.0, protection: Protection | None = None
+) -> Starlette:
+    guard = protection or Protection()
+    keyring = Keyring(guard.api_key) if guard.api_key else None
+    trusted = list(guard.trusted_proxies)
+    rate = RateLimiter(guard.rate_limit)
+    login_rate = RateLimiter(guard.login_rate_limit)
+    streams = ConcurrencyLimiter(guard.max_streams_per_client)
+    chat_request, stream_request = request_models(guard.max_tokens_limit)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if keyring is None:
+            log.warning(
+                "this chat is open: no SLIMLLM_CHAT_API_KEY (or --api-key-file) is set, so anyone who "
+                "reaches it can use its models"
+            )
+        else:
+            log.info("this chat needs its API key (a bearer token, or the login form at /login)")
         await registry.start()
         try:
             yield
@@ -126,34 +183,52 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
     async def status_page(request: Request) -> Response:
         return HTMLResponse(render_status(registry))
 
+    def client_of(request: Request) -> str:
+        return client_key(request.scope, trusted)
+
+    def forwarded(req: GatewaySampling, exclude: set[str]) -> dict[str, Any]:
+        """What goes to a backend: the validated parameters, max_tokens at most the limit."""
+        out = req.model_dump(exclude_none=True, exclude=exclude)
+        if "max_tokens" not in out and "max_completion_tokens" not in out:
+            out["max_tokens"] = guard.max_tokens_limit
+        return out
+
+    def validated(body: dict[str, Any], model: type[M]) -> M:
+        refused = sorted(SERVER_ONLY & set(body))
+        if refused:
+            raise ApiError(
+                400,
+                f"'{refused[0]}' is a server setting this gateway does not accept",
+                param=refused[0],
+                code="unsupported",
+            )
+        return parse(model, body, unsupported=UNSUPPORTED)
+
     async def chat_stream(request: Request) -> Response:
-        body = await json_body(request)
-        names = body.get("models")
-        if (
-            not isinstance(names, list)
-            or not names
-            or not all(isinstance(n, str) for n in names)
-            or len(set(names)) != len(names)
-        ):
+        client = client_of(request)
+        rate.check(client)
+        req = validated(await json_body(request), stream_request)
+        assert isinstance(req, StreamRequestBase)
+        names = req.models
+        if len(set(names)) != len(names):
             raise ApiError(400, "'models' must be a non-empty list of distinct model names", param="models")
-        if len(names) > MAX_MODELS:
-            raise ApiError(400, f"at most {MAX_MODELS} models per request", param="models")
         chosen = [model_or_404(n, "models") for n in names]
-        messages = check_messages(body.get("messages"), "messages", required=True)
-        history = body.get("history") or {}
-        if not isinstance(history, dict) or not set(history) <= set(names):
+        messages = [m.model_dump() for m in req.messages]
+        history = req.history or {}
+        if not set(history) <= set(names):
             raise ApiError(
                 400, "'history' must map names from 'models' to lists of messages", param="history"
             )
-        jobs = [
-            (m, [*check_messages(history.get(m.name), f"history.{m.name}", required=False), *messages])
-            for m in chosen
-        ]
-        params = {k: v for k, v in body.items() if k not in OWN_KEYS}
-        return EventSourceResponse(
-            multiplex(registry, jobs, params),
-            ping=keepalive,
-            headers={"Cache-Control": "no-store"},
+        jobs = [(m, [*(h.model_dump() for h in history.get(m.name, [])), *messages]) for m in chosen]
+        params = forwarded(req, {"models", "messages", "history"})
+        release = streams.acquire(client)
+        return Releasing(
+            EventSourceResponse(
+                multiplex(registry, jobs, params),
+                ping=keepalive,
+                headers={"Cache-Control": "no-store"},
+            ),
+            release,
         )
 
     async def openai_models(request: Request) -> Response:
@@ -163,18 +238,9 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def openai_chat(request: Request) -> Response:
-        body = await json_body(request)
-        if body.get("model") is None:
-            raise ApiError(
-                400,
-                f"'model' is required; this service offers: {', '.join(registry.models)}",
-                param="model",
-                code="missing_model",
-            )
-        model = model_or_404(body.get("model"), "model")
+    async def open_upstream(model: Model, body: dict[str, Any]) -> Upstream | Response:
         try:
-            upstream = await registry.connect(model, "/v1/chat/completions", body)
+            return await registry.connect(model, "/v1/chat/completions", body)
         except NoInstance as exc:
             raise ApiError(
                 503,
@@ -194,18 +260,105 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
             raise ApiError(504, f"'{model.name}' did not answer in time", kind="timeout_error") from None
         except httpx.HTTPError as exc:
             raise ApiError(502, f"'{model.name}' failed: {describe(exc)}", kind="upstream_error") from None
+
+    async def whole_answer(model: Model, body: dict[str, Any]) -> Response:
+        upstream = await open_upstream(model, body)
+        return upstream if isinstance(upstream, Response) else await whole_upstream(upstream, model)
+
+    async def openai_chat(request: Request) -> Response:
+        client = client_of(request)
+        rate.check(client)
+        body = await json_body(request)
+        if body.get("model") is None:
+            raise ApiError(
+                400,
+                f"'model' is required; this service offers: {', '.join(registry.models)}",
+                param="model",
+                code="missing_model",
+            )
+        req = validated(body, chat_request)
+        assert isinstance(req, ChatCompletionRequestBase)
+        model = model_or_404(req.model, "model")
+        upstream_body = forwarded(req, {"model", "user"})
+        release = streams.acquire(client)
+        try:
+            if not req.stream:
+                # The backend request is cancelled (its connection closed, which frees its slot) as
+                # soon as this client goes away.
+                return await until_disconnect(request.receive, whole_answer(model, upstream_body))
+            upstream = await until_disconnect(request.receive, open_upstream(model, upstream_body))
+        except Disconnected:
+            release()
+            return Response(status_code=499)
+        except BaseException:
+            release()
+            raise
+        if isinstance(upstream, Response):
+            release()
+            return upstream
         response = upstream.response
         headers = passed_headers(response.headers)
         media_type = response.headers.get("content-type")
-        if body.get("stream") is True and response.status_code == 200:
-            return StreamingResponse(relay(upstream), media_type=media_type, headers=headers)
+        if response.status_code != 200:
+            release()
+            return await whole_upstream(upstream, model)
+        return Releasing(StreamingResponse(relay(upstream), media_type=media_type, headers=headers), release)
+
+    async def whole_upstream(upstream: Upstream, model: Model) -> Response:
+        response = upstream.response
         try:
             content = await response.aread()
         except httpx.HTTPError as exc:
             raise ApiError(502, f"'{model.name}' failed: {describe(exc)}", kind="upstream_error") from None
         finally:
             await upstream.close()
-        return Response(content, status_code=response.status_code, media_type=media_type, headers=headers)
+        return Response(
+            content,
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type"),
+            headers=passed_headers(response.headers),
+        )
+
+    async def login_form(request: Request) -> Response:
+        if keyring is None:
+            return RedirectResponse("/", status_code=303)
+        return HTMLResponse(login_page(), headers={"Cache-Control": "no-store"})
+
+    async def login(request: Request) -> Response:
+        login_rate.check(client_of(request))
+        raw = await request.body()
+        if keyring is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            fields = parse_qs(raw.decode("utf-8"), max_num_fields=8)
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "the form is not valid", param="key") from None
+        key = (fields.get("key") or [""])[0]
+        if not keyring.key_matches(key):
+            log.warning("a login with a wrong key from %s", client_of(request))
+            return HTMLResponse(login_page("That key is not right."), status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        secure = over_https(request.scope, trusted)
+        response.headers["Set-Cookie"] = session_cookie(
+            keyring.new_session(), keyring.session_seconds, secure=secure
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.headers["Set-Cookie"] = session_cookie("", 0, secure=over_https(request.scope, trusted))
+        return response
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_doc)
+
+    openapi_doc = document(
+        title="slimllm chat",
+        version=__version__,
+        description="The chat page, its streaming API and an OpenAI-compatible gateway.",
+        operations=operations(chat_request, stream_request),
+        security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
+    )
 
     routes = [
         Route("/", index, methods=["GET"]),
@@ -216,40 +369,40 @@ def create_app(registry: Registry, *, keepalive: float = 15.0) -> Starlette:
         Route("/api/chat/stream", chat_stream, methods=["POST"]),
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(log),
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(RequireKey, keyring=keyring),
+            Middleware(BodyLimit, max_bytes=guard.max_body_bytes),
+        ],
     )
 
 
+class Releasing(Response):
+    """Runs a response, then `release` (when it ends, fails, or the client leaves mid-stream)."""
+
+    def __init__(self, inner: Response, release: Callable[[], None]) -> None:  # no super(): a wrapper
+        self.inner, self.release = inner, release
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.release()
+
+
 # -- requests --------------------------------------------------------------------------------
-
-
-def check_messages(value: object, where: str, *, required: bool) -> list[dict[str, str]]:
-    if value is None and not required:
-        return []
-    if not isinstance(value, list) or (required and not value):
-        adjective = "a non-empty" if required else "a"
-        raise ApiError(400, f"'{where}' must be {adjective} list of messages", param=where)
-    out = []
-    for i, message in enumerate(value):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            raise ApiError(
-                400,
-                f"'{where}[{i}]' must be an object with 'role' (system, user or assistant) and "
-                "'content' (a string)",
-                param=f"{where}[{i}]",
-            )
-        out.append({"role": message["role"], "content": message["content"]})
-    return out
 
 
 def passed_headers(headers: httpx.Headers) -> dict[str, str]:

@@ -10,6 +10,16 @@ import click
 
 from slimllm.chat.config import ConfigError, load_models
 from slimllm.errors import UserError
+from slimllm.limits import parse_networks
+
+
+def _read_key_file(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise UserError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
 
 
 @click.command("chat-interface")
@@ -70,6 +80,56 @@ from slimllm.errors import UserError
     "a stream while the models are slow to answer.",
 )
 @click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_CHAT_API_KEY_FILE",
+    show_envvar=True,
+    help="File holding the chat's own API key (e.g., a Docker secret); the key itself can be given "
+    "as SLIMLLM_CHAT_API_KEY, never on the command line. With a key, every route but /health and "
+    "/login needs it: a bearer token, or the session cookie of the login form.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=1 << 20,
+    envvar="SLIMLLM_CHAT_MAX_BODY_BYTES",
+    show_envvar=True,
+    help="Largest request body in bytes; a larger one gets 413 without being read.",
+)
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(min=1),
+    default=1024,
+    envvar="SLIMLLM_CHAT_MAX_TOKENS_LIMIT",
+    show_envvar=True,
+    help="Most tokens one answer may have: a larger max_tokens gets 400; without one, this many.",
+)
+@click.option(
+    "--max-streams-per-client",
+    type=click.IntRange(min=0),
+    default=2,
+    envvar="SLIMLLM_CHAT_MAX_STREAMS_PER_CLIENT",
+    show_envvar=True,
+    help="Chat requests one client may have in flight at once (0: no limit); more get 429.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=0),
+    default=30,
+    envvar="SLIMLLM_CHAT_RATE_LIMIT",
+    show_envvar=True,
+    help="Chat requests a minute one client may make (0: no limit); more get 429 with Retry-After.",
+)
+@click.option(
+    "--trusted-proxies",
+    default="",
+    envvar="SLIMLLM_CHAT_TRUSTED_PROXIES",
+    show_envvar=True,
+    help="Addresses or networks of the proxies (the Cloudflare tunnel's connector) whose "
+    "CF-Connecting-IP header names the client, e.g. 172.16.0.0/12; from any other peer the "
+    "header is ignored and the peer is the client.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -85,24 +145,36 @@ def chat_interface(
     poll_interval: float,
     request_timeout: float,
     keepalive: float,
+    api_key_file: Path | None,
+    max_body_bytes: int,
+    max_tokens_limit: int,
+    max_streams_per_client: int,
+    rate_limit: int,
+    trusted_proxies: str,
     log_level: str,
 ) -> None:
     """Serve the chat page and API in front of OpenAI-compatible backends.
 
     Routes: GET / (the page), GET /status, GET /api/models, POST /api/chat/stream,
     GET /v1/models and POST /v1/chat/completions (an OpenAI-compatible gateway: `model` picks
-    the backend), GET /health, GET /api/badge/<model> (a shields.io endpoint). A model's API key
-    is read from SLIMLLM_CHAT_KEY_<NAME> (or the variable its file entry names), never from the
-    command line.
+    the backend), GET /health, GET /api/badge/<model> (a shields.io endpoint), GET /openapi.json,
+    GET|POST /login, POST /logout. A model's API key is read from SLIMLLM_CHAT_KEY_<NAME> (or the
+    variable its file entry names), never from the command line; so is the chat's own key
+    (SLIMLLM_CHAT_API_KEY).
     """
     try:
         configs = load_models(models_spec, models_file, os.environ)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
+    api_key = os.environ.get("SLIMLLM_CHAT_API_KEY", "").strip() or _read_key_file(api_key_file)
+    try:
+        networks = tuple(parse_networks(trusted_proxies))
+    except ValueError as exc:
+        raise UserError(f"--trusted-proxies / SLIMLLM_CHAT_TRUSTED_PROXIES: {exc}") from None
     try:
         import uvicorn
 
-        from slimllm.chat.app import create_app
+        from slimllm.chat.app import Protection, create_app
         from slimllm.chat.backends import Registry
     except ImportError as exc:
         raise UserError(f"the chat interface needs its extra: pip install 'slimllm[chat]' ({exc})") from None
@@ -110,12 +182,26 @@ def chat_interface(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry(configs, poll_interval=poll_interval, request_timeout=request_timeout)
     config = uvicorn.Config(
-        create_app(registry, keepalive=keepalive),
+        create_app(
+            registry,
+            keepalive=keepalive,
+            protection=Protection(
+                api_key=api_key,
+                max_body_bytes=max_body_bytes,
+                max_tokens_limit=max_tokens_limit,
+                max_streams_per_client=max_streams_per_client,
+                rate_limit=rate_limit,
+                trusted_proxies=networks,
+            ),
+        ),
         host=host,
         port=port,
         log_level=log_level,
         lifespan="on",
         server_header=False,
+        # Clients are told apart by the peer address, or by CF-Connecting-IP from a trusted proxy;
+        # never by an X-Forwarded-For anyone can send.
+        proxy_headers=False,
         # Connections still open this long after SIGTERM are cut (sse-starlette ends chat streams
         # at once; gateway streams get the time to finish).
         timeout_graceful_shutdown=5,

@@ -18,8 +18,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -29,20 +31,36 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
 from slimllm.inference.chat_templates import TemplateError
-from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, Sampling
+from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull
+from slimllm.inference.engine import Sampling as EngineSampling
 from slimllm.inference.mailbox import Mailbox
+from slimllm.inference.schemas import (
+    STREAM_MODELS,
+    UNSUPPORTED,
+    ApplyTemplateRequest,
+    ChatCompletionRequestBase,
+    CompletionRequestBase,
+    Message,
+    Sampling,
+    TokenizeRequest,
+    operations,
+    request_models,
+)
+from slimllm.limits import BodyLimit, Disconnected, until_disconnect
 from slimllm.model import ModelError
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
+from slimllm.openapi import document, parse
 
 log = logging.getLogger("slimllm.inference")
 
 # A single decode step taking longer than this means llama.cpp has stopped answering.
 ENGINE_STALL_SECONDS = 60.0
-ROLES = {"system", "user", "assistant", "developer", "tool"}
+T = TypeVar("T")
 
 # SSE streams must run to completion during a graceful shutdown instead of being cut at SIGTERM;
 # uvicorn's own graceful-shutdown timeout bounds how long they may take.
@@ -55,6 +73,8 @@ class Settings:
     api_key: str | None = None
     request_timeout: float = 600.0
     keepalive_seconds: float = 15.0
+    max_tokens_limit: int = 2048
+    max_body_bytes: int = 1 << 20
 
 
 class ServerState:
@@ -63,6 +83,9 @@ class ServerState:
         self.load_error: str | None = None
         self.loaded_at: float = 0.0
         self.mailbox: Mailbox | None = None  # made on the loop's thread when the app starts
+        self.token_bytes = 1  # the longest token's text in bytes (token_bytes_bound), set at load
+        # Rendering and tokenizing happen in worker threads, a few at a time.
+        self.text_limiter = anyio.CapacityLimiter(4)
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -79,129 +102,52 @@ class ServerState:
 # -- request parsing -------------------------------------------------------------------------
 
 
-def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, f"'{name}' must be a number", param=name, code="invalid_type")
-    if not lo <= value <= hi:
-        raise ApiError(
-            400, f"'{name}' must be between {lo:g} and {hi:g}, got {value}", param=name, code="invalid_value"
-        )
-    return float(value)
+def _sampling(req: Sampling) -> EngineSampling:
+    def number(value: float | None, default: float) -> float:
+        return default if value is None else float(value)
+
+    return EngineSampling(
+        temperature=number(req.temperature, 0.8),
+        top_p=number(req.top_p, 0.95),
+        top_k=40 if req.top_k is None else req.top_k,
+        min_p=number(req.min_p, 0.05),
+        repeat_penalty=number(req.repeat_penalty, 1.0),
+        presence_penalty=number(req.presence_penalty, 0.0),
+        frequency_penalty=number(req.frequency_penalty, 0.0),
+        seed=req.seed,
+        ignore_eos=bool(req.ignore_eos),
+    )
 
 
-def _integer(
-    body: dict[str, Any], name: str, default: int | None, lo: int, hi: int | None = None
-) -> int | None:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{name}' must be an integer", param=name, code="invalid_type")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ApiError(400, f"'{name}' must be {bound}, got {value}", param=name, code="invalid_value")
-    return value
-
-
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ApiError(400, f"'{name}' must be true or false", param=name, code="invalid_type")
-    return value
-
-
-def _stops(body: dict[str, Any]) -> list[str]:
-    value = body.get("stop")
-    if value is None:
+def _stops(req: Sampling) -> list[str]:
+    if req.stop is None:
         return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(s, str) for s in value) and len(value) <= 16:
-        return list(value)
-    raise ApiError(
-        400, "'stop' must be a string or a list of at most 16 strings", param="stop", code="invalid_type"
-    )
+    return [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
 
-def _sampling(body: dict[str, Any]) -> Sampling:
-    return Sampling(
-        temperature=_number(body, "temperature", 0.8, 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.95, 0.0, 1.0),
-        top_k=int(_integer(body, "top_k", 40, 0) or 0),
-        min_p=_number(body, "min_p", 0.05, 0.0, 1.0),
-        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.01, 10.0),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        seed=_integer(body, "seed", None, -(2**63), 2**64),
-        ignore_eos=_flag(body, "ignore_eos"),
-    )
-
-
-def _reject_unsupported(body: dict[str, Any], names: dict[str, Any]) -> None:
-    for name, neutral in names.items():
-        value = body.get(name)
-        if value is not None and value != neutral:
-            raise ApiError(400, f"'{name}' is not supported by this server", param=name, code="unsupported")
-
-
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", param="messages", code="invalid_value")
+def _messages(messages: list[Message]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise ApiError(400, f"'{where}' must be an object", param=where, code="invalid_type")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ApiError(
-                400,
-                f"'{where}.role' must be one of {sorted(ROLES)}",
-                param=f"{where}.role",
-                code="invalid_value",
-            )
-        out.append(
-            {
-                "role": "system" if role == "developer" else role,
-                "content": _content(message.get("content"), where),
-            }
+    for message in messages:
+        content = message.content
+        text = (
+            ""
+            if content is None
+            else content
+            if isinstance(content, str)
+            else "".join(p.text for p in content)
         )
+        out.append({"role": "system" if message.role == "developer" else message.role, "content": text})
     return out
 
 
-def _content(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise ApiError(
-                    400,
-                    f"'{where}.content' parts must be text parts (images and audio are not supported)",
-                    param=f"{where}.content",
-                    code="unsupported",
-                )
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(
-        400,
-        f"'{where}.content' must be a string or a list of text parts",
-        param=f"{where}.content",
-        code="invalid_type",
-    )
+def token_bytes_bound(engine: Engine) -> int:
+    """The longest token text of the vocabulary, in UTF-8 bytes: no token stands for more bytes of
+    prompt than that (a SentencePiece space is 3 bytes as its marker, a byte token 6 as <0xNN>), so
+    a prompt of more characters than context x this bound cannot fit, whatever its text."""
+    longest = 1
+    for token in range(engine.n_vocab):
+        longest = max(longest, len(engine._token_text(token).encode("utf-8")))
+    return longest
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -222,6 +168,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     def load_in_background() -> None:
         try:
             engine = load()
+            state.token_bytes = token_bytes_bound(engine)
             engine.start()
         except (EngineError, ModelError) as exc:
             state.load_error = str(exc)
@@ -277,13 +224,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
             {"object": "list", "data": [_model_card(settings.model_id, engine, state.loaded_at)]}
         )
 
-    def check_model(body: dict[str, Any], engine: Engine) -> None:
-        model = body.get("model")
-        if model is None:
-            return
-        if not isinstance(model, str):
-            raise ApiError(400, "'model' must be a string", param="model", code="invalid_type")
-        if model not in (settings.model_id, engine.model_path.name):
+    def check_model(model: str | None, engine: Engine) -> None:
+        if model is not None and model not in (settings.model_id, engine.model_path.name):
             raise ApiError(
                 404,
                 f"the model '{model}' does not exist; this server serves '{settings.model_id}'",
@@ -291,7 +233,20 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 code="model_not_found",
             )
 
-    def budget(engine: Engine, prompt: list[int], body: dict[str, Any], default_cap: int | None) -> int:
+    def check_length(engine: Engine, chars: int, param: str) -> None:
+        """Refuse, before rendering or tokenizing it, a prompt too long for the context whatever
+        its tokens (see token_bytes_bound)."""
+        most = engine.ctx_per_slot * state.token_bytes
+        if chars > most:
+            raise ApiError(
+                400,
+                f"the prompt is {chars} characters; this model's {engine.ctx_per_slot}-token context "
+                f"holds at most {most} (its longest token is {state.token_bytes} bytes)",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def budget(engine: Engine, prompt: list[int], req: Sampling, default_cap: int) -> int:
         room = engine.ctx_per_slot - len(prompt)
         if room <= 0:
             raise ApiError(
@@ -300,11 +255,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 param="messages",
                 code="context_length_exceeded",
             )
-        requested = _integer(body, "max_completion_tokens", None, 1)
+        requested = getattr(req, "max_completion_tokens", None) or getattr(req, "max_tokens", None)
         if requested is None:
-            requested = _integer(body, "max_tokens", None, 1)
-        if requested is None:
-            return room if default_cap is None else min(room, default_cap)
+            return min(room, default_cap)
         if requested > room:
             raise ApiError(
                 400,
@@ -313,10 +266,10 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return requested
+        return int(requested)
 
     def submit(
-        engine: Engine, prompt: list[int], max_tokens: int, body: dict[str, Any]
+        engine: Engine, prompt: list[int], max_tokens: int, req: Sampling
     ) -> tuple[Job, asyncio.Queue[Event]]:
         mailbox = state.mailbox
         assert mailbox is not None  # the lifespan makes it before the first request
@@ -328,8 +281,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         job = Job(
             prompt=prompt,
             max_tokens=max_tokens,
-            sampling=_sampling(body),
-            stop=_stops(body),
+            sampling=_sampling(req),
+            stop=_stops(req),
             emit=emit,
         )
         try:
@@ -345,22 +298,47 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
             ) from None
         return job, events
 
+    async def off_loop(work: Callable[[], T]) -> T:
+        """Template rendering and tokenization run in a worker thread, never on the event loop."""
+        return await anyio.to_thread.run_sync(work, limiter=state.text_limiter)
+
+    async def chat_prompt(engine: Engine, messages: list[Message]) -> list[int]:
+        plain = _messages(messages)
+        check_length(engine, sum(len(m["content"]) for m in plain), "messages")
+        return await off_loop(lambda: engine.chat_tokens(render(engine, plain)))
+
+    async def completion_prompt(engine: Engine, prompt: str | list[str] | list[int]) -> list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = str(prompt[0])
+        if isinstance(prompt, str):
+            text = prompt
+            check_length(engine, len(text), "prompt")
+            return await off_loop(lambda: engine.completion_prompt(text))
+        tokens = [int(t) for t in prompt]
+        if any(t >= engine.n_vocab for t in tokens):
+            raise ApiError(
+                400,
+                f"token ids must be between 0 and {engine.n_vocab - 1}",
+                param="prompt",
+                code="invalid_value",
+            )
+        return tokens
+
     async def completion_endpoint(request: Request, *, chat: bool) -> Response:
         engine = state.require_engine()
         body = await json_body(request)
-        check_model(body, engine)
-        _integer(body, "n", 1, 1, 1)  # one choice per request
-        stream = _flag(body, "stream")
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
-        if chat:
-            _reject_unsupported(body, {"tools": [], "functions": [], "logprobs": False, "top_logprobs": 0})
-            prompt = engine.chat_tokens(render(engine, body))
-            max_tokens = budget(engine, prompt, body, None)
+        req = parse(chat_request if chat else completion_request, body, unsupported=UNSUPPORTED)
+        check_model(req.model, engine)
+        stream = bool(req.stream)
+        include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
+        if isinstance(req, ChatCompletionRequestBase):
+            prompt = await chat_prompt(engine, req.messages)
+            max_tokens = budget(engine, prompt, req, settings.max_tokens_limit)
         else:
-            _reject_unsupported(body, {"echo": False, "suffix": "", "logprobs": 0, "best_of": 1})
-            prompt = _completion_prompt(body, engine)
-            max_tokens = budget(engine, prompt, body, 16)
-        job, events = submit(engine, prompt, max_tokens, body)
+            assert isinstance(req, CompletionRequestBase)
+            prompt = await completion_prompt(engine, req.prompt)
+            max_tokens = budget(engine, prompt, req, min(16, settings.max_tokens_limit))
+        job, events = submit(engine, prompt, max_tokens, req)
         reply = _Reply(chat=chat, model=settings.model_id)
         if stream:
             return EventSourceResponse(
@@ -368,14 +346,14 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 ping=int(settings.keepalive_seconds),
                 headers={"X-Request-Id": reply.id},
             )
-        return await _collect(reply, job, events, request, settings.request_timeout)
+        return await _collect(reply, job, events, request.receive, settings.request_timeout)
 
     async def chat_completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=True)
 
-    def render(engine: Engine, body: dict[str, Any]) -> str:
+    def render(engine: Engine, messages: list[dict[str, str]]) -> str:
         try:
-            return engine.chat.render(_messages(body))
+            return engine.chat.render(messages)
         except TemplateError as exc:
             raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
 
@@ -401,35 +379,56 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def apply_template(request: Request) -> Response:
         """The prompt text a chat request's messages become (llama-server's /apply-template)."""
         engine = state.require_engine()
-        return JSONResponse({"prompt": render(engine, await json_body(request))})
+        req = parse(ApplyTemplateRequest, await json_body(request))
+        plain = _messages(req.messages)
+        return JSONResponse({"prompt": await off_loop(lambda: render(engine, plain))})
 
     async def tokenize(request: Request) -> Response:
         """Token ids of a text; special tokens' text is parsed as those tokens (llama-server's /tokenize)."""
         engine = state.require_engine()
-        body = await json_body(request)
-        content = body.get("content")
-        if not isinstance(content, str):
-            raise ApiError(400, "'content' must be a string", param="content", code="invalid_type")
-        return JSONResponse({"tokens": engine.tokenize(content, add_bos=_flag(body, "add_special"))})
+        req = parse(TokenizeRequest, await json_body(request))
+        tokens = await off_loop(lambda: engine.tokenize(req.content, add_bos=bool(req.add_special)))
+        return JSONResponse({"tokens": tokens})
 
     async def completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=False)
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_doc)
+
+    chat_request, completion_request = request_models(settings.max_tokens_limit)
+    openapi_doc = document(
+        title="slimllm inference",
+        version=__version__,
+        description="An OpenAI-compatible server for one GGUF model (llama.cpp).",
+        operations=operations(chat_request, completion_request),
+        security={"bearer": {"type": "http", "scheme": "bearer"}} if settings.api_key else None,
+        extra_models=STREAM_MODELS,
+    )
+    handlers = {
+        "/health": health,
+        "/metrics": metrics,
+        "/v1/models": models,
+        "/v1/chat/completions": chat_completions,
+        "/v1/completions": completions,
+        "/props": props,
+        "/apply-template": apply_template,
+        "/tokenize": tokenize,
+        "/openapi.json": openapi,
+    }
     routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/props", props, methods=["GET"]),
-        Route("/apply-template", apply_template, methods=["POST"]),
-        Route("/tokenize", tokenize, methods=["POST"]),
+        Route(path, handlers[path], methods=[method])
+        for path, spec in openapi_doc["paths"].items()
+        for method in (m.upper() for m in spec)
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(log),
-        middleware=[Middleware(_Guard, api_key=settings.api_key, counter=http_requests)],
+        middleware=[
+            Middleware(_Guard, api_key=settings.api_key, counter=http_requests),
+            Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+        ],
     )
 
 
@@ -441,6 +440,7 @@ _ROUTES = _OPEN_ROUTES | {
     "/props",
     "/apply-template",
     "/tokenize",
+    "/openapi.json",
 }
 
 
@@ -460,7 +460,7 @@ class _Guard:
         route = path if path in _ROUTES else "other"
         status_seen = {"code": 500}
 
-        async def counting_send(message: Message) -> None:
+        async def counting_send(message: AsgiMessage) -> None:
             if message["type"] == "http.response.start":
                 status_seen["code"] = message["status"]
             await send(message)
@@ -485,33 +485,6 @@ class _Guard:
                 scheme, _, token = value.partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
         return False
-
-
-def _completion_prompt(body: dict[str, Any], engine: Engine) -> list[int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return engine.completion_prompt(prompt)
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
-        if any(t < 0 or t >= engine.n_vocab for t in prompt):
-            raise ApiError(
-                400,
-                f"token ids must be between 0 and {engine.n_vocab - 1}",
-                param="prompt",
-                code="invalid_value",
-            )
-        return list(prompt)
-    raise ApiError(
-        400,
-        "'prompt' must be a string, a list with one string, or a list of token ids",
-        param="prompt",
-        code="invalid_type",
-    )
 
 
 def _retry_after(engine: Engine) -> int:
@@ -602,30 +575,36 @@ async def _next_event(events: asyncio.Queue[Event], deadline: float) -> Event | 
         return ("idle", None)
 
 
-async def _collect(
-    reply: _Reply, job: Job, events: asyncio.Queue[Event], request: Request, timeout: float
-) -> Response:
+async def _gather(reply: _Reply, events: asyncio.Queue[Event], timeout: float) -> Response:
     deadline = time.monotonic() + timeout
     parts: list[str] = []
+    while True:
+        event = await _next_event(events, deadline)
+        if event is None:
+            raise ApiError(
+                504,
+                f"generation did not finish within {timeout:g} s",
+                code="timeout",
+                kind="timeout_error",
+            )
+        kind, value = event
+        if kind == "text":
+            parts.append(value)
+        elif kind == "done":
+            return JSONResponse(reply.full("".join(parts), value), headers={"X-Request-Id": reply.id})
+        elif kind == "error":
+            raise ApiError(500, str(value), kind="server_error")
+
+
+async def _collect(
+    reply: _Reply, job: Job, events: asyncio.Queue[Event], receive: Receive, timeout: float
+) -> Response:
+    """The whole completion as one response. The client's leaving is seen at once (its
+    `http.disconnect`), not at the end of the generation, and frees the slot."""
     try:
-        while True:
-            event = await _next_event(events, deadline)
-            if event is None:
-                raise ApiError(
-                    504,
-                    f"generation did not finish within {timeout:g} s",
-                    code="timeout",
-                    kind="timeout_error",
-                )
-            kind, value = event
-            if kind == "text":
-                parts.append(value)
-            elif kind == "done":
-                return JSONResponse(reply.full("".join(parts), value), headers={"X-Request-Id": reply.id})
-            elif kind == "error":
-                raise ApiError(500, str(value), kind="server_error")
-            elif await request.is_disconnected():
-                return Response(status_code=499)
+        return await until_disconnect(receive, _gather(reply, events, timeout))
+    except Disconnected:
+        return Response(status_code=499)
     finally:
         job.cancel()  # no-op once finished; frees the slot when the client left or time ran out
 

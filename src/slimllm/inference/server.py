@@ -192,6 +192,23 @@ def _read_secret_file(path: Path | None) -> str | None:
     help="Requests that may wait for a free slot; more get 503 with Retry-After.",
 )
 @click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(min=1),
+    default=2048,
+    envvar="SLIMLLM_MAX_TOKENS_LIMIT",
+    show_envvar=True,
+    help="Most tokens one request may generate: a larger max_tokens gets 400, and a chat request "
+    "without one gets at most this many.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=1 << 20,
+    envvar="SLIMLLM_MAX_BODY_BYTES",
+    show_envvar=True,
+    help="Largest request body in bytes; a larger one gets 413 without being read.",
+)
+@click.option(
     "--request-timeout",
     type=click.FloatRange(min=1),
     default=600.0,
@@ -245,6 +262,8 @@ def _serve(
     port: int,
     api_key_file: Path | None,
     queue_size: int,
+    max_tokens_limit: int,
+    max_body_bytes: int,
     request_timeout: float,
     shutdown_grace: float,
     log_level: str,
@@ -285,6 +304,8 @@ def _serve(
             request_timeout=request_timeout,
             shutdown_grace=shutdown_grace,
             log_level=log_level,
+            max_tokens_limit=max_tokens_limit,
+            max_body_bytes=max_body_bytes,
         )
     )
 
@@ -311,6 +332,8 @@ def run_server(
     request_timeout: float,
     shutdown_grace: float,
     log_level: str,
+    max_tokens_limit: int = 2048,
+    max_body_bytes: int = 1 << 20,
 ) -> int:
     import uvicorn
 
@@ -327,7 +350,13 @@ def run_server(
             server.should_exit = True
 
     app = create_app(
-        Settings(model_id=model_id, api_key=api_key, request_timeout=request_timeout),
+        Settings(
+            model_id=model_id,
+            api_key=api_key,
+            request_timeout=request_timeout,
+            max_tokens_limit=max_tokens_limit,
+            max_body_bytes=max_body_bytes,
+        ),
         load=lambda: Engine(load_model(), **engine_options),
         on_fatal=on_fatal,
     )

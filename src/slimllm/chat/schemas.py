@@ -1,0 +1,286 @@
+"""The chat gateway's request and response models, and its OpenAPI operations.
+
+What a public client may send is listed here, and only that reaches a backend: the OpenAI
+sampling parameters, bounded as the inference server bounds them, with `max_tokens` at most the
+gateway's `--max-tokens-limit`. llama-server's knobs that only an operator should turn
+(`ignore_eos`, `n_predict`, slot and cache controls, grammars, ...) are refused with 400; other
+unknown keys are dropped, never forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, create_model
+
+from slimllm.inference.schemas import INT32, Message, StreamOptions
+from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
+
+# Server-side knobs of llama-server (and this project's inference server) that a public gateway
+# refuses: they make a request hold a slot longer or reach into the server's state.
+SERVER_ONLY = frozenset(
+    {
+        "ignore_eos",
+        "n_predict",
+        "n_keep",
+        "n_probs",
+        "n_indent",
+        "id_slot",
+        "slot_id",
+        "cache_prompt",
+        "grammar",
+        "json_schema",
+        "samplers",
+        "t_max_predict_ms",
+        "t_max_prompt_ms",
+        "min_keep",
+        "post_sampling_probs",
+        "return_tokens",
+        "timings_per_token",
+    }
+)
+UNSUPPORTED = frozenset({"n", "tools", "functions", "logprobs", "top_logprobs"})
+MAX_MODELS = 8
+
+# JSON Schema for "none of these keys": schemathesis's negative cases include them.
+_NO_SERVER_KNOBS: dict[str, Any] = {"not": {"anyOf": [{"required": [k]} for k in sorted(SERVER_ONLY)]}}
+
+
+class GatewaySampling(Body):
+    """The sampling parameters a gateway client may set (all optional)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_NO_SERVER_KNOBS)
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=INT32)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0.01, le=10)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64)
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+
+
+class ChatCompletionRequestBase(GatewaySampling):
+    model: str = Field(description="The name of a configured model (GET /v1/models).")
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    tools: list[Any] | None = Field(None, max_length=0)
+    functions: list[Any] | None = Field(None, max_length=0)
+    logprobs: Literal[False] | None = None
+    top_logprobs: Literal[0] | None = None
+    user: str | None = Field(None, description="Accepted and not forwarded.")
+
+
+class ChatMessage(Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class StreamRequestBase(GatewaySampling):
+    models: Annotated[list[str], Field(min_length=1, max_length=MAX_MODELS)] = Field(
+        description=f"Up to {MAX_MODELS} distinct model names."
+    )
+    messages: list[ChatMessage] = Field(min_length=1)
+    history: dict[str, list[ChatMessage]] | None = Field(
+        None, description="Each model's earlier conversation, by model name (names from `models`)."
+    )
+
+
+def request_models(max_tokens_limit: int) -> tuple[type[GatewaySampling], type[GatewaySampling]]:
+    """(gateway chat request, stream request) with `max_tokens` bounded by the gateway's limit."""
+    bound = Field(
+        None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit} (default: that limit)."
+    )
+    made: list[type[GatewaySampling]] = []
+    for base, name in (
+        (ChatCompletionRequestBase, "ChatCompletionRequest"),
+        (StreamRequestBase, "StreamRequest"),
+    ):
+        model: type[GatewaySampling] = create_model(
+            name, __base__=base, max_tokens=(int | None, bound), max_completion_tokens=(int | None, bound)
+        )
+        made.append(model)
+    return made[0], made[1]
+
+
+class LoginForm(Body):
+    model_config = ConfigDict(strict=False, extra="ignore")
+    key: str = Field(description="The gateway's API key.")
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class ChatCompletion(OpenShape):
+    """The backend's answer, passed through as it came (an OpenAI chat.completion)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class GatewayModel(Shape):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    status: Literal["up", "loading", "down", "unknown"]
+
+
+class GatewayModelList(Shape):
+    object: Literal["list"]
+    data: list[GatewayModel]
+
+
+class InstanceStatus(Shape):
+    index: int
+    status: Literal["ok", "loading", "down", "unknown"]
+    latency_ms: float | None
+    reason: str | None
+    checked_at: float | None
+    in_flight: int
+
+
+class ModelStatus(Shape):
+    name: str
+    status: Literal["up", "loading", "down", "unknown"]
+    latency_ms: float | None
+    instances: list[InstanceStatus]
+
+
+class Models(Shape):
+    poll_interval: float
+    models: list[ModelStatus]
+
+
+class Health(Shape):
+    status: Literal["ok", "degraded"]
+    models: dict[str, Literal["up", "loading", "down", "unknown"]]
+
+
+class Badge(Shape):
+    schemaVersion: Literal[1]
+    label: str
+    message: str
+    color: str
+    isError: bool | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, Reply]:
+    what = {
+        400: "A malformed request, or a parameter this gateway refuses (OpenAI's error shape).",
+        401: "No valid API key (bearer token or session cookie).",
+        404: "The model is not configured.",
+        413: "The request body is larger than --max-body-bytes.",
+        429: "Too many requests from this client (per minute or at once).",
+        502: "The backend failed.",
+        503: "No instance of the model is up, or the backend is busy.",
+        504: "The backend did not answer in time.",
+    }
+    headers = {429: ("Retry-After",), 503: ("Retry-After",), 401: ("WWW-Authenticate",)}
+    return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
+
+
+HTML = "text/html"
+
+
+def operations(chat_request: type[GatewaySampling], stream_request: type[GatewaySampling]) -> list[Operation]:
+    model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+    path_param = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+    return [
+        Operation("/", "GET", "The chat page", {200: Reply("The page", media=HTML), **_errors(401)}),
+        Operation(
+            "/static/{path}",
+            "GET",
+            "The page's script, styles and icon",
+            {200: Reply("The file", media="application/octet-stream"), **_errors(401, 404)},
+            parameters=[path_param],
+        ),
+        Operation("/status", "GET", "Status page", {200: Reply("The page", media=HTML), **_errors(401)}),
+        Operation(
+            "/login",
+            "GET",
+            "The login form",
+            {200: Reply("The form", media=HTML), 303: Reply("No key is set: to the page", media=HTML)},
+            secured=False,
+        ),
+        Operation(
+            "/login",
+            "POST",
+            "Log in: a session cookie for the page",
+            {
+                303: Reply("Logged in: to the page", media=HTML, headers=("Set-Cookie", "Location")),
+                401: Reply("Wrong key: the form again", media=HTML),
+                **_errors(400, 413, 429),
+            },
+            request=LoginForm,
+            request_media="application/x-www-form-urlencoded",
+            secured=False,
+        ),
+        Operation(
+            "/logout",
+            "POST",
+            "Log out: the session cookie is cleared",
+            {303: Reply("To the login form", media=HTML, headers=("Set-Cookie", "Location")), **_errors(401)},
+        ),
+        Operation(
+            "/health",
+            "GET",
+            "Health of the service and its models",
+            {200: Reply("The service answers", Health)},
+            secured=False,
+        ),
+        Operation(
+            "/api/models", "GET", "Models and instances", {200: Reply("Models", Models), **_errors(401)}
+        ),
+        Operation(
+            "/api/badge/{model}",
+            "GET",
+            "A shields.io endpoint badge",
+            {200: Reply("The badge", Badge), 404: Reply("Unknown model", Badge), **_errors(401)},
+            parameters=[model_param],
+        ),
+        Operation(
+            "/api/chat/stream",
+            "POST",
+            "Several models' answers in one text/event-stream (start, token, done, error, final events)",
+            {
+                200: Reply("The stream", media="text/event-stream"),
+                **_errors(400, 401, 404, 413, 429),
+            },
+            request=stream_request,
+        ),
+        Operation(
+            "/v1/models",
+            "GET",
+            "The configured models, OpenAI style",
+            {200: Reply("The list", GatewayModelList), **_errors(401)},
+        ),
+        Operation(
+            "/v1/chat/completions",
+            "POST",
+            "OpenAI chat completion through the gateway (`model` picks the backend)",
+            {
+                200: Reply(
+                    "The backend's answer; with `stream: true` its text/event-stream as it came.",
+                    ChatCompletion,
+                    headers=("X-Request-Id",),
+                ),
+                **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+            },
+            request=chat_request,
+        ),
+        Operation(
+            "/openapi.json",
+            "GET",
+            "This document",
+            {200: Reply("OpenAPI 3.1", schema={"type": "object"}), **_errors(401)},
+        ),
+    ]

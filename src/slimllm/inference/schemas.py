@@ -1,0 +1,339 @@
+"""The inference server's request and response models, and its OpenAPI operations.
+
+The request models are what the routes accept (validated by `slimllm.openapi.parse`); fields
+that OpenAI defines but this server does not implement are accepted only with their neutral value
+(`n` 1, `tools` empty, `logprobs` false, ...). Unknown keys are ignored, as OpenAI clients send
+many. The `max_tokens` bound is the server's `--max-tokens-limit`, so the models are made per app.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, create_model
+
+from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
+
+Role = Literal["system", "user", "assistant", "developer", "tool"]
+FinishReason = Literal["stop", "length", "cancelled"]
+UNSUPPORTED = frozenset({"n", "tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "best_of"})
+INT32 = 2**31 - 1
+
+
+class TextPart(Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Body):
+    role: Role
+    content: str | list[TextPart] | None = None
+
+
+class StreamOptions(Body):
+    include_usage: bool | None = None
+
+
+class Sampling(Body):
+    """Sampling parameters (OpenAI's, plus llama-server's top_k, min_p, repeat_penalty, ignore_eos)."""
+
+    model: str | None = Field(None, description="The served model's id (or its file name); optional.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Default 0.8; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0, le=1, description="Default 0.95.")
+    top_k: int | None = Field(None, ge=0, le=INT32, description="Default 40; 0 turns it off.")
+    min_p: float | None = Field(None, ge=0, le=1, description="Default 0.05.")
+    repeat_penalty: float | None = Field(None, ge=0.01, le=10)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64)
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = Field(
+        None, description="Up to 16 stop strings."
+    )
+    ignore_eos: bool | None = Field(None, description="llama-server's: generate exactly max_tokens.")
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, ge=1, le=1, description="Only 1 choice per request.")
+
+
+class ChatCompletionRequestBase(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    tools: list[Any] | None = Field(None, max_length=0, description="Not supported: empty or absent.")
+    functions: list[Any] | None = Field(None, max_length=0, description="Not supported: empty or absent.")
+    logprobs: Literal[False] | None = None
+    top_logprobs: Literal[0] | None = None
+
+
+class CompletionRequestBase(Sampling):
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    ) = Field(description="A string, a list of one string, or a list of token ids.")
+    echo: Literal[False] | None = None
+    suffix: Literal[""] | None = None
+    logprobs: Literal[0] | None = None
+    best_of: Literal[1] | None = None
+
+
+def _with_limit(base: type[Sampling], name: str, limit: int) -> type[Sampling]:
+    bound = Field(None, ge=1, le=limit, description=f"At most {limit} (the server's --max-tokens-limit).")
+    model: type[Sampling] = create_model(
+        name,
+        __base__=base,
+        max_tokens=(int | None, bound),
+        max_completion_tokens=(int | None, bound),
+    )
+    return model
+
+
+def request_models(max_tokens_limit: int) -> tuple[type[Sampling], type[Sampling]]:
+    """(chat request, completion request) with `max_tokens` bounded by the server's limit."""
+    return (
+        _with_limit(ChatCompletionRequestBase, "ChatCompletionRequest", max_tokens_limit),
+        _with_limit(CompletionRequestBase, "CompletionRequest", max_tokens_limit),
+    )
+
+
+class ApplyTemplateRequest(Body):
+    messages: list[Message] = Field(min_length=1)
+
+
+class TokenizeRequest(Body):
+    content: str
+    add_special: bool | None = Field(None, description="Add the model's BOS token (default false).")
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class Usage(Shape):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(Shape):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(Shape):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(Shape):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Delta(Shape):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Shape):
+    index: int
+    delta: Delta
+    logprobs: None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(Shape):
+    """One `data:` event of a chat stream (the stream ends with `data: [DONE]`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(Shape):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: FinishReason | None
+
+
+class Completion(Shape):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(Shape):
+    """One `data:` event of a text completion stream."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelMeta(Shape):
+    file: str
+    n_ctx: int
+    n_ctx_train: int
+    n_params: int
+    size: int
+    slots: int
+    chat_template: str
+    name: str
+    architecture: str
+
+
+class ModelCard(Shape):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    meta: ModelMeta
+
+
+class ModelList(Shape):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Props(Shape):
+    model_alias: str
+    model_path: str
+    model_name: str
+    architecture: str
+    chat_template: str
+    chat_template_description: str
+    bos_token: str
+    eos_token: str
+    total_slots: int
+    n_ctx: int
+    build_info: str
+
+
+class Prompt(Shape):
+    prompt: str
+
+
+class Tokens(Shape):
+    tokens: list[int]
+
+
+class Healthy(Shape):
+    status: Literal["ok"]
+    slots_idle: int
+    slots_processing: int
+    requests_waiting: int
+
+
+class Unhealthy(OpenShape):
+    status: Literal["loading", "error"]
+    reason: str | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, Reply]:
+    what = {
+        400: "A malformed request (OpenAI's error shape, naming the parameter).",
+        401: "Missing or wrong API key (when the server has one).",
+        404: "The model is not served here.",
+        413: "The request body is larger than --max-body-bytes.",
+        503: "The model is loading, or the queue is full.",
+        504: "The generation did not finish within --request-timeout.",
+    }
+    headers = {503: ("Retry-After",)}
+    return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
+
+
+SSE = "text/event-stream"
+
+
+def operations(chat_request: type[Sampling], completion_request: type[Sampling]) -> list[Operation]:
+    completion_errors = _errors(400, 401, 404, 413, 503, 504)
+    return [
+        Operation(
+            "/v1/chat/completions",
+            "POST",
+            "Chat completion",
+            {
+                200: Reply(
+                    "The completion; with `stream: true` a text/event-stream of ChatCompletionChunk "
+                    "events ending with `data: [DONE]`.",
+                    ChatCompletion,
+                    headers=("X-Request-Id",),
+                ),
+                **completion_errors,
+            },
+            request=chat_request,
+        ),
+        Operation(
+            "/v1/completions",
+            "POST",
+            "Text completion",
+            {
+                200: Reply(
+                    "The completion; with `stream: true` a text/event-stream of CompletionChunk events.",
+                    Completion,
+                    headers=("X-Request-Id",),
+                ),
+                **completion_errors,
+            },
+            request=completion_request,
+        ),
+        Operation(
+            "/v1/models", "GET", "The model served", {200: Reply("The list", ModelList), **_errors(401, 503)}
+        ),
+        Operation(
+            "/props",
+            "GET",
+            "What the server resolved at start (llama-server's /props)",
+            {200: Reply("The properties", Props), **_errors(401, 503)},
+        ),
+        Operation(
+            "/apply-template",
+            "POST",
+            "The prompt text a chat request's messages become",
+            {200: Reply("The prompt", Prompt), **_errors(400, 401, 413, 503)},
+            request=ApplyTemplateRequest,
+        ),
+        Operation(
+            "/tokenize",
+            "POST",
+            "Token ids of a text",
+            {200: Reply("The tokens", Tokens), **_errors(400, 401, 413, 503)},
+            request=TokenizeRequest,
+        ),
+        Operation(
+            "/health",
+            "GET",
+            "Health",
+            {200: Reply("Serving", Healthy), 503: Reply("Loading, or failed", Unhealthy)},
+            secured=False,
+        ),
+        Operation(
+            "/metrics",
+            "GET",
+            "Prometheus metrics",
+            {200: Reply("Prometheus text format", media="text/plain")},
+            secured=False,
+        ),
+        Operation(
+            "/openapi.json",
+            "GET",
+            "This document",
+            {200: Reply("OpenAPI 3.1", schema={"type": "object"}), **_errors(401)},
+        ),
+    ]
+
+
+STREAM_MODELS: list[type[Shape]] = [ChatCompletionChunk, CompletionChunk]
