@@ -101,9 +101,10 @@ class Reply:
 
     description: str
     model: type[BaseModel] | None = None
-    media: str = "application/json"
+    media: str | None = "application/json"  # None: no body
     headers: tuple[str, ...] = ()
     schema: dict[str, Any] | None = None  # for a reply without a model
+    also: tuple[str, ...] = ()  # other media types the same status may come as (a string each)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,25 @@ class Operation:
     description: str = ""
     tags: tuple[str, ...] = ()
     parameters: list[dict[str, Any]] = field(default_factory=list)
+
+
+# One event of a text/event-stream answer (what a client's SSE parser yields): each `data` of a
+# completion stream is a JSON chunk (the *Chunk schemas), and the stream ends with `data: [DONE]`.
+SSE = "text/event-stream"
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "One server-sent event.",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
+def _media_schema(media: str) -> dict[str, Any]:
+    return SSE_EVENT if media == SSE else {"type": "string"}
 
 
 HEADER_DOCS = {
@@ -174,11 +194,11 @@ def document(
             if reply.model is not None:
                 schema = refs[(reply.model, "serialization")]
             else:
-                schema = reply.schema or {"type": "string"}
-            response: dict[str, Any] = {
-                "description": reply.description,
-                "content": {reply.media: {"schema": schema}},
-            }
+                schema = reply.schema or _media_schema(reply.media or "")
+            response: dict[str, Any] = {"description": reply.description}
+            if reply.media is not None:
+                response["content"] = {reply.media: {"schema": schema}}
+                response["content"].update({media: {"schema": _media_schema(media)} for media in reply.also})
             if reply.headers:
                 response["headers"] = {
                     name: {"description": HEADER_DOCS.get(name, name), "schema": {"type": "string"}}

@@ -119,7 +119,7 @@ def create_app(
     rate = RateLimiter(guard.rate_limit)
     login_rate = RateLimiter(guard.login_rate_limit)
     streams = ConcurrencyLimiter(guard.max_streams_per_client)
-    chat_request, stream_request = request_models(guard.max_tokens_limit)
+    chat_request, stream_request = request_models(guard.max_tokens_limit, list(registry.models))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -281,28 +281,32 @@ def create_app(
         model = model_or_404(req.model, "model")
         upstream_body = forwarded(req, {"model", "user"})
         release = streams.acquire(client)
+        streaming = False
         try:
             if not req.stream:
                 # The backend request is cancelled (its connection closed, which frees its slot) as
                 # soon as this client goes away.
                 return await until_disconnect(request.receive, whole_answer(model, upstream_body))
             upstream = await until_disconnect(request.receive, open_upstream(model, upstream_body))
+            if isinstance(upstream, Response):
+                return upstream
+            response = upstream.response
+            if response.status_code != 200:
+                return await whole_upstream(upstream, model)
+            streaming = True  # the stream releases its place when it ends
+            return Releasing(
+                StreamingResponse(
+                    relay(upstream),
+                    media_type=response.headers.get("content-type"),
+                    headers=passed_headers(response.headers),
+                ),
+                release,
+            )
         except Disconnected:
-            release()
             return Response(status_code=499)
-        except BaseException:
-            release()
-            raise
-        if isinstance(upstream, Response):
-            release()
-            return upstream
-        response = upstream.response
-        headers = passed_headers(response.headers)
-        media_type = response.headers.get("content-type")
-        if response.status_code != 200:
-            release()
-            return await whole_upstream(upstream, model)
-        return Releasing(StreamingResponse(relay(upstream), media_type=media_type, headers=headers), release)
+        finally:
+            if not streaming:
+                release()
 
     async def whole_upstream(upstream: Upstream, model: Model) -> Response:
         response = upstream.response

@@ -90,21 +90,35 @@ class StreamRequestBase(GatewaySampling):
     )
 
 
-def request_models(max_tokens_limit: int) -> tuple[type[GatewaySampling], type[GatewaySampling]]:
-    """(gateway chat request, stream request) with `max_tokens` bounded by the gateway's limit."""
+def request_models(
+    max_tokens_limit: int, names: list[str]
+) -> tuple[type[GatewaySampling], type[GatewaySampling]]:
+    """(gateway chat request, stream request) with `max_tokens` bounded by the gateway's limit and
+    the configured model names listed (another name gets 404 model_not_found)."""
     bound = Field(
         None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit} (default: that limit)."
     )
-    made: list[type[GatewaySampling]] = []
-    for base, name in (
-        (ChatCompletionRequestBase, "ChatCompletionRequest"),
-        (StreamRequestBase, "StreamRequest"),
-    ):
-        model: type[GatewaySampling] = create_model(
-            name, __base__=base, max_tokens=(int | None, bound), max_completion_tokens=(int | None, bound)
-        )
-        made.append(model)
-    return made[0], made[1]
+    listed: dict[str, Any] = {"enum": names}
+    chat: type[GatewaySampling] = create_model(
+        "ChatCompletionRequest",
+        __base__=ChatCompletionRequestBase,
+        max_tokens=(int | None, bound),
+        max_completion_tokens=(int | None, bound),
+        model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
+    )
+    stream: type[GatewaySampling] = create_model(
+        "StreamRequest",
+        __base__=StreamRequestBase,
+        max_tokens=(int | None, bound),
+        max_completion_tokens=(int | None, bound),
+        models=(
+            list[Annotated[str, Field(json_schema_extra=listed)]],
+            Field(
+                min_length=1, max_length=MAX_MODELS, description=f"Up to {MAX_MODELS} distinct model names."
+            ),
+        ),
+    )
+    return chat, stream
 
 
 class LoginForm(Body):
@@ -185,7 +199,11 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         504: "The backend did not answer in time.",
     }
     headers = {429: ("Retry-After",), 503: ("Retry-After",), 401: ("WWW-Authenticate",)}
-    return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
+    # A browser asking for a page gets the login form with its 401.
+    return {
+        s: Reply(what[s], ErrorResponse, headers=headers.get(s, ()), also=(HTML,) if s == 401 else ())
+        for s in statuses
+    }
 
 
 HTML = "text/html"
@@ -200,7 +218,7 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
             "/static/{path}",
             "GET",
             "The page's script, styles and icon",
-            {200: Reply("The file", media="application/octet-stream"), **_errors(401, 404)},
+            {200: Reply("The file", media="*/*"), **_errors(401, 404)},
             parameters=[path_param],
         ),
         Operation("/status", "GET", "Status page", {200: Reply("The page", media=HTML), **_errors(401)}),
@@ -208,7 +226,7 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
             "/login",
             "GET",
             "The login form",
-            {200: Reply("The form", media=HTML), 303: Reply("No key is set: to the page", media=HTML)},
+            {200: Reply("The form", media=HTML), 303: Reply("No key is set: to the page", media=None)},
             secured=False,
         ),
         Operation(
@@ -216,7 +234,7 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
             "POST",
             "Log in: a session cookie for the page",
             {
-                303: Reply("Logged in: to the page", media=HTML, headers=("Set-Cookie", "Location")),
+                303: Reply("Logged in: to the page", media=None, headers=("Set-Cookie", "Location")),
                 401: Reply("Wrong key: the form again", media=HTML),
                 **_errors(400, 413, 429),
             },
@@ -228,7 +246,7 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
             "/logout",
             "POST",
             "Log out: the session cookie is cleared",
-            {303: Reply("To the login form", media=HTML, headers=("Set-Cookie", "Location")), **_errors(401)},
+            {303: Reply("To the login form", media=None, headers=("Set-Cookie", "Location")), **_errors(401)},
         ),
         Operation(
             "/health",
@@ -272,6 +290,7 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
                     "The backend's answer; with `stream: true` its text/event-stream as it came.",
                     ChatCompletion,
                     headers=("X-Request-Id",),
+                    also=("text/event-stream",),
                 ),
                 **_errors(400, 401, 404, 413, 429, 502, 503, 504),
             },

@@ -247,6 +247,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
             )
 
     def budget(engine: Engine, prompt: list[int], req: Sampling, default_cap: int) -> int:
+        if not prompt:
+            raise ApiError(400, "the prompt is empty", param="prompt", code="invalid_value")
         room = engine.ctx_per_slot - len(prompt)
         if room <= 0:
             raise ApiError(
@@ -300,7 +302,12 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
 
     async def off_loop(work: Callable[[], T]) -> T:
         """Template rendering and tokenization run in a worker thread, never on the event loop."""
-        return await anyio.to_thread.run_sync(work, limiter=state.text_limiter)
+        try:
+            return await anyio.to_thread.run_sync(work, limiter=state.text_limiter)
+        except UnicodeEncodeError:
+            raise ApiError(
+                400, "the text is not valid Unicode (it has a lone surrogate)", code="invalid_value"
+            ) from None
 
     async def chat_prompt(engine: Engine, messages: list[Message]) -> list[int]:
         plain = _messages(messages)

@@ -242,6 +242,9 @@ class Unhealthy(OpenShape):
     reason: str | None = None
 
 
+SSE = "text/event-stream"
+
+
 def _errors(*statuses: int) -> dict[int | str, Reply]:
     what = {
         400: "A malformed request (OpenAI's error shape, naming the parameter).",
@@ -253,9 +256,6 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
     }
     headers = {503: ("Retry-After",)}
     return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
-
-
-SSE = "text/event-stream"
 
 
 def operations(chat_request: type[Sampling], completion_request: type[Sampling]) -> list[Operation]:
@@ -271,6 +271,7 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
                     "events ending with `data: [DONE]`.",
                     ChatCompletion,
                     headers=("X-Request-Id",),
+                    also=(SSE,),
                 ),
                 **completion_errors,
             },
@@ -285,6 +286,7 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
                     "The completion; with `stream: true` a text/event-stream of CompletionChunk events.",
                     Completion,
                     headers=("X-Request-Id",),
+                    also=(SSE,),
                 ),
                 **completion_errors,
             },

@@ -1,0 +1,532 @@
+"""A public endpoint that is safe to expose, tried on the real containers: the inference server
+(one slot, the real model) and the chat gateway in front of it, with its key set.
+
+- Each app's /openapi.json lists exactly its route table, and schemathesis fuzzes every operation
+  of it (positive and negative cases, at least 500 per app): no 5xx, every response true to the
+  document, and the server still healthy and answering afterwards.
+- A 50 MB body gets 413 from both, declared or chunked, without the container's memory moving.
+- 200 requests at concurrency 8 against one slot: every refusal is a 503 or 429 with Retry-After,
+  and the servers' resident memory grows by at most 10 %.
+- A non-streamed request whose client leaves frees its slot within a second, directly and through
+  the gateway.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import require
+from tests.dockerutil import published_port, wait_for_http
+from tests.test_chat import (
+    CHAT_IMAGE,
+    chat_image,  # noqa: F401  (the chat image, built once)
+)
+from tests.test_inference import IMAGE as INFERENCE_IMAGE
+from tests.test_inference import inference_image  # noqa: F401  (the inference image, built once)
+
+pytestmark = [pytest.mark.docker, pytest.mark.model, pytest.mark.slow]
+
+RUN_ID = uuid.uuid4().hex[:6]
+KEY = f"chat-key-{uuid.uuid4().hex}"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+UPSTREAM_KEY = f"upstream-key-{uuid.uuid4().hex}"
+MAX_TOKENS = 4  # both apps' limit here: every generation the fuzzer asks for is short
+PROMPT = [{"role": "user", "content": "Name three colours."}]
+FIFTY_MB = 50 * 1024 * 1024
+
+
+@dataclass
+class Service:
+    container: Any
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Public:
+    inference: Service
+    chat: Service
+
+
+def name(role: str) -> str:
+    return f"slimllm-public-{RUN_ID}-{role}"
+
+
+@pytest.fixture(scope="module")
+def public(
+    docker_client: Any,
+    inference_image: Any,  # noqa: F811
+    chat_image: Any,  # noqa: F811
+    default_model: Path,
+) -> Iterator[Public]:
+    network = docker_client.networks.create(name("net"))
+    containers: list[Any] = []
+
+    def run(image: str, role: str, port: str, env: dict[str, str], **kwargs: Any) -> tuple[Any, str]:
+        container = docker_client.containers.run(
+            image,
+            detach=True,
+            name=name(role),
+            network=network.name,
+            ports={port: ("127.0.0.1", None)},
+            read_only=True,
+            tmpfs={"/tmp": ""},
+            environment=env,
+            **kwargs,
+        )
+        containers.append(container)
+        return container, f"http://127.0.0.1:{published_port(container, port)}"
+
+    try:
+        inf, inf_url = run(
+            INFERENCE_IMAGE,
+            "inf",
+            "8080/tcp",
+            {
+                "SLIMLLM_THREADS": "2",
+                "SLIMLLM_SLOTS": "1",
+                "SLIMLLM_QUEUE_SIZE": "3",
+                "SLIMLLM_CTX_SIZE": "1024",
+                "SLIMLLM_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
+                "SLIMLLM_API_KEY": UPSTREAM_KEY,
+            },
+            volumes={str(default_model.parent): {"bind": "/models", "mode": "ro"}},
+        )
+        chat, chat_url = run(
+            CHAT_IMAGE,
+            "chat",
+            "8000/tcp",
+            {
+                "SLIMLLM_CHAT_MODELS": f"gemma=http://{name('inf')}:8080",
+                "SLIMLLM_CHAT_KEY_GEMMA": UPSTREAM_KEY,
+                "SLIMLLM_CHAT_API_KEY": KEY,
+                "SLIMLLM_CHAT_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
+                "SLIMLLM_CHAT_RATE_LIMIT": "100000",  # the fuzzer is one client; the unit tests cover it
+                "SLIMLLM_CHAT_MAX_STREAMS_PER_CLIENT": "2",
+                "SLIMLLM_CHAT_POLL_INTERVAL": "1",
+            },
+        )
+        wait_for_http(inf_url + "/health", timeout=120)
+        wait_for_http(chat_url + "/health", timeout=30)
+        deadline = time.monotonic() + 30
+        while httpx.get(chat_url + "/health").json()["models"]["gemma"] != "up":
+            assert time.monotonic() < deadline, "the gateway never saw its backend"
+            time.sleep(0.2)
+        yield Public(
+            Service(inf, inf_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"}), Service(chat, chat_url, AUTH)
+        )
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        network.remove()
+
+
+# -- measuring a container -------------------------------------------------------------------
+
+
+def cgroup_memory(container: Any) -> int:
+    """The container's memory use as its cgroup counts it (v1 or v2), in bytes."""
+    container.reload()
+    cid = container.id
+    for path in (
+        f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
+        f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.current",
+        f"/sys/fs/cgroup/docker/{cid}/memory.current",
+    ):
+        try:
+            return int(Path(path).read_text())
+        except OSError:
+            continue
+    stats = container.stats(stream=False)
+    return int(stats["memory_stats"]["usage"])
+
+
+def rss(container: Any) -> int:
+    """Resident memory of the container's server process (pid 1 inside it), in bytes."""
+    container.reload()
+    status = Path(f"/proc/{container.attrs['State']['Pid']}/status").read_text()
+    kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(kilobytes) * 1024
+
+
+class PeakSampler:
+    """Samples a container's cgroup memory every 20 ms while its block runs."""
+
+    def __init__(self, container: Any) -> None:
+        self.container, self.peak, self._stop = container, 0, threading.Event()
+
+    def __enter__(self) -> PeakSampler:
+        self.before = cgroup_memory(self.container)
+        self.peak = self.before
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, cgroup_memory(self.container))
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# -- the documents ---------------------------------------------------------------------------
+
+
+def documented(service: Service) -> dict[str, Any]:
+    response = httpx.get(service.url + "/openapi.json", headers=service.headers, timeout=10)
+    assert response.status_code == 200, response.text
+    doc: dict[str, Any] = response.json()
+    assert doc["openapi"] == "3.1.0"
+    return doc
+
+
+def test_openapi_needs_the_key(public: Public) -> None:
+    for service in (public.inference, public.chat):
+        assert httpx.get(service.url + "/openapi.json").status_code == 401
+
+
+@pytest.mark.parametrize("app", ["inference", "chat"])
+def test_openapi_matches_the_route_table(public: Public, app: str) -> None:
+    service: Service = getattr(public, app)
+    doc = documented(service)
+    # The route table, as the app itself answers: every documented (path, method) is routed
+    # (not 404/405), and a method the document does not list is not (405).
+    for path, operations in doc["paths"].items():
+        concrete = path.replace("{model}", "gemma").replace("{path}", "app.js")
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            response = httpx.request(
+                method, service.url + concrete, headers=service.headers, json={}, timeout=30
+            )
+            if method.lower() in operations:
+                assert response.status_code not in (404, 405), (method, path, response.text)
+            else:
+                assert response.status_code == 405, (method, path, response.status_code)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert op["responses"], (method, path)
+            if op.get("requestBody"):
+                assert op["requestBody"]["content"], (method, path)
+
+
+# -- fuzzing ---------------------------------------------------------------------------------
+
+
+def fuzz(service: Service, examples: int) -> collections.Counter[str]:
+    """Every operation of the service's document, `examples` positive and `examples` negative
+    cases each; fails on any 5xx or any response that breaks the document."""
+    import schemathesis
+    from schemathesis.generation import GenerationMode
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        negative_data_rejection,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_dict(documented(service))
+    counts: collections.Counter[str] = collections.Counter()
+    checks = [
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            extra = [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
+            fuzz_one(service, operation, mode, examples, [*checks, *extra], counts)
+    return counts
+
+
+def chat_body(app: str, **extra: Any) -> dict[str, Any]:
+    """A chat request for `app`: the gateway needs its model's name, the server takes none."""
+    return {**({"model": "gemma"} if app == "chat" else {}), "messages": PROMPT, **extra}
+
+
+def fuzz_one(
+    service: Service,
+    operation: Any,
+    mode: Any,
+    examples: int,
+    checks: list[Any],
+    counts: collections.Counter[str],
+) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    strategy = operation.as_strategy(generation_mode=mode, headers=dict(service.headers))
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        response = case.call(base_url=service.url, timeout=60)
+        counts[f"{operation.label} {mode.value}"] += 1
+        counts[str(response.status_code)] += 1
+        assert response.status_code < 500, (
+            f"{operation.label}: {response.status_code} {response.text[:500]}\n{case.as_curl_command()}"
+        )
+        case.validate_response(response, checks=checks)
+
+    started = time.monotonic()
+    try:
+        run()
+    except Unsatisfiable:
+        # Nothing to make invalid: an operation without a body or parameters has no negative cases.
+        assert mode.value == "negative" and not operation.body, operation.label
+    label = f"{operation.label} {mode.value}"
+    print(f"  {label}: {counts[label]} cases, {time.monotonic() - started:.1f} s")
+
+
+def still_serving(service: Service, path: str, body: dict[str, Any]) -> None:
+    assert httpx.get(service.url + "/health", timeout=10).status_code == 200
+    answer = httpx.post(service.url + path, json=body, headers=service.headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize(("app", "examples"), [("inference", 70), ("chat", 70)])
+def test_fuzz(public: Public, app: str, examples: int) -> None:
+    require(_has_schemathesis(), "schemathesis is not installed (pip install -e '.[test]')")
+    service: Service = getattr(public, app)
+    started = time.monotonic()
+    counts = fuzz(service, examples)
+    cases = sum(v for k, v in counts.items() if " " in k)
+    statuses = {k: v for k, v in counts.items() if k.isdigit()}
+    print(f"{app}: {cases} cases in {time.monotonic() - started:.0f} s, statuses {sorted(statuses.items())}")
+    assert cases >= 500, counts
+    assert statuses.get("200", 0) >= 20, statuses  # the fuzzer did reach the model
+    still_serving(service, "/v1/chat/completions", chat_body(app, max_tokens=MAX_TOKENS, temperature=0))
+    logs = service.container.logs().decode(errors="replace")
+    assert "Traceback" not in logs, logs[-3000:]
+    assert UPSTREAM_KEY not in logs and KEY not in logs
+
+
+def _has_schemathesis() -> bool:
+    try:
+        import schemathesis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- the body limit --------------------------------------------------------------------------
+
+
+def send_raw(url: str, path: str, head: dict[str, str], body: Iterator[bytes]) -> tuple[int, bytes]:
+    """A request written to the socket by hand, reading the answer as soon as it comes, even
+    while the body is still being sent (as a client that streams an upload does)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in head.items()), "", ""]
+        sock.sendall("\r\n".join(lines).encode())
+        sock.setblocking(False)
+        answer = b""
+        for chunk in body:
+            with contextlib.suppress(BlockingIOError):
+                answer += sock.recv(65536)
+            if b"\r\n\r\n" in answer:
+                break
+            view = memoryview(chunk)
+            while view:
+                try:
+                    sent = sock.send(view)
+                    view = view[sent:]
+                except BlockingIOError:
+                    time.sleep(0.001)
+                except (BrokenPipeError, ConnectionResetError):
+                    view = view[:0]
+                    break
+        sock.setblocking(True)
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[1]
+
+
+def fifty_mb(chunked: bool) -> Iterator[bytes]:
+    piece = b'{"messages": [{"role": "user", "content": "' + b"x" * (1 << 20)
+    for i in range(50):
+        data = piece if i == 0 else b"x" * (1 << 20)
+        yield f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("app", ["inference", "chat"])
+def test_fifty_megabytes_get_413_without_memory_moving(public: Public, app: str, chunked: bool) -> None:
+    service: Service = getattr(public, app)
+    head = {"Content-Type": "application/json", **service.headers}
+    head.update({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(FIFTY_MB)})
+    with PeakSampler(service.container) as memory:
+        status, body = send_raw(service.url, "/v1/chat/completions", head, fifty_mb(chunked))
+    moved = memory.peak - memory.before
+    print(f"{app} ({'chunked' if chunked else 'content-length'}): 413, memory +{moved / 1e6:.2f} MB at peak")
+    assert status == 413, body[:500]
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_too_large" and error["type"] == "invalid_request_error"
+    assert moved < 5_000_000, f"memory moved by {moved / 1e6:.1f} MB"
+    assert httpx.get(service.url + "/health", timeout=10).status_code == 200
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+def load(
+    service: Service, body: dict[str, Any], total: int = 200, concurrency: int = 8
+) -> list[httpx.Response]:
+    def one(_: int) -> httpx.Response:
+        return httpx.post(
+            service.url + "/v1/chat/completions", json=body, headers=service.headers, timeout=120
+        )
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, range(total)))
+
+
+@pytest.mark.parametrize("app", ["inference", "chat"])
+def test_load_on_one_slot(public: Public, app: str) -> None:
+    service: Service = getattr(public, app)
+    body = chat_body(app, max_tokens=2, temperature=0)
+    load(service, body, total=16)  # warm up: buffers, thread pools and caches reach their size
+    containers = [public.inference.container, public.chat.container]
+    before = [rss(c) for c in containers]
+    started = time.monotonic()
+    responses = load(service, body)
+    elapsed = time.monotonic() - started
+    after = [rss(c) for c in containers]
+    statuses = collections.Counter(r.status_code for r in responses)
+    growth = [(a - b) / b for a, b in zip(after, before, strict=True)]
+    print(
+        f"{app}: 200 requests at concurrency 8 in {elapsed:.0f} s: {dict(statuses)}; RSS growth "
+        f"inference {growth[0]:+.1%} ({before[0] / 1e6:.0f} MB), "
+        f"chat {growth[1]:+.1%} ({before[1] / 1e6:.0f} MB)"
+    )
+    assert statuses[200] >= 20, statuses
+    for response in responses:
+        if response.status_code == 200:
+            continue
+        assert response.status_code in (429, 503), (response.status_code, response.text)
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["error"]["code"] in ("queue_full", "rate_limit_exceeded")
+    assert max(growth) <= 0.10, growth
+
+
+# -- disconnects -----------------------------------------------------------------------------
+
+
+def slots_busy(inference: Service) -> int:
+    return int(httpx.get(inference.url + "/health", timeout=10).json()["slots_processing"])
+
+
+def leave_after(seconds: float, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json=body, headers=headers, timeout=httpx.Timeout(30, read=seconds))
+
+
+@pytest.mark.parametrize("app", ["inference", "chat"])
+def test_non_streamed_client_that_leaves_frees_the_slot(
+    docker_client: Any,
+    inference_image: Any,  # noqa: F811
+    chat_image: Any,  # noqa: F811
+    default_model: Path,
+    public: Public,
+    app: str,
+) -> None:
+    # A long generation needs a higher limit than the shared server's: a server of its own.
+    inference = docker_client.containers.run(
+        INFERENCE_IMAGE,
+        detach=True,
+        name=name(f"long-{app}"),
+        network=name("net"),
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        environment={"SLIMLLM_THREADS": "2"},
+        volumes={str(default_model.parent): {"bind": "/models", "mode": "ro"}},
+    )
+    containers = [inference]
+    try:
+        inf = Service(inference, f"http://127.0.0.1:{published_port(inference, '8080/tcp')}", {})
+        wait_for_http(inf.url + "/health", timeout=120)
+        target = inf
+        if app == "chat":
+            gateway = docker_client.containers.run(
+                CHAT_IMAGE,
+                detach=True,
+                name=name("long-chat"),
+                network=name("net"),
+                ports={"8000/tcp": ("127.0.0.1", None)},
+                read_only=True,
+                environment={
+                    "SLIMLLM_CHAT_MODELS": f"gemma=http://{name(f'long-{app}')}:8080",
+                    "SLIMLLM_CHAT_MAX_TOKENS_LIMIT": "2000",
+                    "SLIMLLM_CHAT_POLL_INTERVAL": "1",
+                },
+            )
+            containers.append(gateway)
+            target = Service(gateway, f"http://127.0.0.1:{published_port(gateway, '8000/tcp')}", {})
+            wait_for_http(target.url + "/health", timeout=30)
+            wait_until(lambda: httpx.get(target.url + "/health").json()["models"]["gemma"] == "up", 30)
+        # Greedy decoding of this prompt loops on to the whole budget (test_chat.py's Stop test).
+        story = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+        body = {**chat_body(app, max_tokens=1500, temperature=0), "messages": story}
+        if app == "inference":
+            body["ignore_eos"] = True
+        leaver = threading.Thread(
+            target=lambda: leave_after(1.5, target.url + "/v1/chat/completions", body, target.headers)
+        )
+        leaver.start()
+        wait_until(lambda: slots_busy(inf) == 1, 10)
+        leaver.join(30)
+        left_at = time.monotonic()
+        wait_until(lambda: slots_busy(inf) == 0, 1.0)
+        print(f"{app}: the slot was free {(time.monotonic() - left_at) * 1000:.0f} ms after the client left")
+        predicted = metric(inf, "llamacpp:tokens_predicted_total")
+        time.sleep(0.5)
+        assert metric(inf, "llamacpp:tokens_predicted_total") == predicted
+    finally:
+        for container in containers:
+            container.remove(force=True)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.02)
+
+
+def metric(service: Service, metric_name: str) -> float:
+    for line in httpx.get(service.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(metric_name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {metric_name}")
