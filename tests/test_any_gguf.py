@@ -24,6 +24,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,16 @@ def gemma_served(url: str) -> None:
 # --------------------------------------------------------------------------- the Hub stand-in
 
 
+@dataclass(frozen=True)
+class StandInHub:
+    url: str
+    # The sha256 of what it serves under each preset's repo and file: a generated model, not the
+    # file whose digest the preset may pin, so a stack started on it is told this digest instead.
+    preset_sha256: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def hub(docker_client: Any, generated_models: dict[str, Path]) -> Iterator[str]:
+def hub(docker_client: Any, generated_models: dict[str, Path]) -> Iterator[StandInHub]:
     """The stand-in Hub on the default bridge's gateway (this host, reachable from containers):
     each preset's repo and file with a generated model, and each generated model under OWN_REPO."""
     files = {f"{OWN_REPO}/{path.name}": path.read_bytes() for path in generated_models.values()}
@@ -108,8 +117,11 @@ def hub(docker_client: Any, generated_models: dict[str, Path]) -> Iterator[str]:
         files[key] = generated_models[kind].read_bytes()
     assert len({hashlib.sha256(body).digest() for body in files.values()}) == len(generated_models)
     gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    digests = {
+        p: hashlib.sha256(generated_models[k].read_bytes()).hexdigest() for p, k in PRESET_KINDS.items()
+    }
     with serve_hub(files, host=gateway) as (url, _):
-        yield url
+        yield StandInHub(url, digests)
 
 
 # ----------------------------------------------------------------------------------- docker run
@@ -163,18 +175,21 @@ def test_docker_run_of_the_embedded_default_is_still_gemma(
 
 @contextmanager
 def compose_stack(
-    file: str, hub: str, images: dict[str, str], tmp_path: Path, **env: str
+    file: str, hub: StandInHub, images: dict[str, str], tmp_path: Path, **env: str
 ) -> Iterator[dict[str, str]]:
     """A stack file under a project, volume and ports of its own, its servers pointed at the Hub
     stand-in; yields the published URL of each service that publishes one."""
     project = f"any-gguf-{uuid.uuid4().hex[:8]}"
     config = json.loads(compose("-f", file, "config", "--format", "json").stdout)
-    servers = [n for n, s in config["services"].items() if s.get("environment", {}).get("SLIMLLM_PRESET")]
+    servers = {}
+    for name, service in config["services"].items():
+        preset = service.get("environment", {}).get("SLIMLLM_PRESET")
+        if preset:
+            servers[name] = {"HF_ENDPOINT": hub.url}
+            if preset in hub.preset_sha256:
+                servers[name]["SLIMLLM_MODEL_SHA256"] = hub.preset_sha256[preset]
     override = tmp_path / f"{project}.yml"
-    override.write_text(
-        "services:\n"
-        + "".join(f"  {name}:\n    environment:\n      HF_ENDPOINT: {hub}\n" for name in servers)
-    )
+    override.write_text(json.dumps({"services": {n: {"environment": e} for n, e in servers.items()}}))
     ports = {f"SLIMLLM_PUBLISH_{n}": str(free_port()) for n in ("INFERENCE", "CHAT", "PHI", "QWEN", "LLAMA")}
     full_env = compose_env(SLIMLLM_MODELS_VOLUME=f"{project}-models", **images, **ports, **env)
     files = ["-p", project, "-f", file, "-f", str(override)]
@@ -206,7 +221,7 @@ def compose_stack(
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESET_KINDS))
 def test_each_preset_stack_serves_its_model_with_the_model_template(
-    hub: str, stack_images: dict[str, str], tmp_path: Path, preset: str
+    hub: StandInHub, stack_images: dict[str, str], tmp_path: Path, preset: str
 ) -> None:
     with compose_stack(f"docker-compose.{preset}.yml", hub, stack_images, tmp_path) as urls:
         served_as(urls[preset], PRESET_KINDS[preset], presets.read(preset)["SLIMLLM_MODEL_ALIAS"])
@@ -215,7 +230,7 @@ def test_each_preset_stack_serves_its_model_with_the_model_template(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_the_inference_stack_serves_a_model_of_ones_own(
-    hub: str, stack_images: dict[str, str], generated_models: dict[str, Path], tmp_path: Path
+    hub: StandInHub, stack_images: dict[str, str], generated_models: dict[str, Path], tmp_path: Path
 ) -> None:
     own = generated_models["qwen2"]
     env = {"SLIMLLM_MODEL": OWN_REPO, "SLIMLLM_MODEL_FILE": own.name}
@@ -225,7 +240,7 @@ def test_the_inference_stack_serves_a_model_of_ones_own(
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_every_model_behind_one_chat(hub: str, stack_images: dict[str, str], tmp_path: Path) -> None:
+def test_every_model_behind_one_chat(hub: StandInHub, stack_images: dict[str, str], tmp_path: Path) -> None:
     """docker-compose.all.yml: Gemma and the three presets, each through the chat gateway."""
     with compose_stack("docker-compose.all.yml", hub, stack_images, tmp_path) as urls:
         gemma_served(urls["inference"])
@@ -254,8 +269,8 @@ def step_outputs(path: Path) -> dict[str, str]:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_stack_up_serves_a_preset_and_a_hugging_face_model_behind_the_chat(
-    hub: str,
+def test_stack_up_serves_the_default_and_a_hugging_face_model_behind_the_chat(
+    hub: StandInHub,
     stack_images: dict[str, str],
     generated_models: dict[str, Path],
     tmp_path: Path,
@@ -268,10 +283,10 @@ def test_stack_up_serves_a_preset_and_a_hugging_face_model_behind_the_chat(
     outputs = tmp_path / "outputs"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
-    monkeypatch.setenv("HF_ENDPOINT", hub)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     port, chat_port = free_port(), free_port()
-    argv = ["stack", "up", "--name", name, "--models", "qwen", "--model-repo", OWN_REPO, "--model-file",
+    argv = ["stack", "up", "--name", name, "--models", "default", "--model-repo", OWN_REPO, "--model-file",
             own.name, "--models-dir", str(tmp_path / "models"), "--chat", "--no-monitor",
             "--inference-image", stack_images["SLIMLLM_INFERENCE_IMAGE"],
             "--chat-image", stack_images["SLIMLLM_CHAT_IMAGE"],
@@ -280,7 +295,7 @@ def test_stack_up_serves_a_preset_and_a_hugging_face_model_behind_the_chat(
         assert main(argv) == 0
         urls = json.loads(step_outputs(outputs)["inference-urls"])
         chat = f"http://127.0.0.1:{chat_port}"
-        served_as(urls["qwen"], "chatml", "qwen2.5-3b-instruct", chat=chat, name="qwen")
+        gemma_served(urls["default"])
         served_as(urls[own.stem], "llama3", own.stem, chat=chat, name=own.stem)
     finally:
         assert main(["stack", "down", "--name", name]) == 0

@@ -58,6 +58,12 @@ GEMMA = {"SLIMLLM_MODEL_ALIAS": "gemma-3-270m", "SLIMLLM_CHAT_FORMAT": "gemma"}
             id="qwen-alias-given",
         ),
         pytest.param("phi", {"SLIMLLM_MODEL": ""}, presets.read("phi"), id="empty-values-are-not-given"),
+        pytest.param(
+            "llama",
+            {"SLIMLLM_MODEL_SHA256": "0" * 64},
+            {k: v for k, v in presets.read("llama").items() if k != "SLIMLLM_MODEL_SHA256"},
+            id="another-digest-keeps-the-model",
+        ),
     ],
 )
 def test_resolve(preset: str | None, given: dict[str, str], expected: dict[str, str]) -> None:

@@ -482,7 +482,11 @@ def test_a_hugging_face_model_stack_downloads_into_its_volume(
     port = free_port()
     env = {**stack.env, "SLIMLLM_MODELS_VOLUME": f"{project}-models", "SLIMLLM_PUBLISH_QWEN": str(port)}
     override = tmp_path / "hub-stand-in.yml"
-    override.write_text(f"services:\n  qwen:\n    environment:\n      HF_ENDPOINT: {hub}\n")
+    # The stand-in serves Gemma's file under qwen's name: the digest the preset may pin is not its.
+    override.write_text(
+        f"services:\n  qwen:\n    environment:\n      HF_ENDPOINT: {hub}\n"
+        f"      SLIMLLM_MODEL_SHA256: {EMBEDDED_MODEL_SHA256}\n"
+    )
     files = ["-p", project, "-f", "docker-compose.qwen.yml", "-f", str(override)]
     try:
         up = compose(
