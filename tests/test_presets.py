@@ -50,11 +50,7 @@ GEMMA = {"SLIMLLM_MODEL_ALIAS": "gemma-3-270m", "SLIMLLM_CHAT_FORMAT": "gemma"}
         pytest.param(
             "qwen",
             {"SLIMLLM_MODEL_ALIAS": "q"},
-            {
-                "SLIMLLM_MODEL": "Qwen/Qwen2.5-3B-Instruct-GGUF",
-                "SLIMLLM_MODEL_FILE": "qwen2.5-3b-instruct-q4_k_m.gguf",
-                "SLIMLLM_CTX_SIZE": "8192",
-            },
+            {k: v for k, v in presets.read("qwen").items() if k != "SLIMLLM_MODEL_ALIAS"},
             id="qwen-alias-given",
         ),
         pytest.param("phi", {"SLIMLLM_MODEL": ""}, presets.read("phi"), id="empty-values-are-not-given"),
