@@ -229,13 +229,18 @@ def test_each_preset_stack_serves_its_model_with_the_model_template(
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_the_inference_stack_serves_a_model_of_ones_own(
-    hub: StandInHub, stack_images: dict[str, str], generated_models: dict[str, Path], tmp_path: Path
+    hub: StandInHub,
+    stack_images: dict[str, str],
+    generated_models: dict[str, Path],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
-    own = generated_models["qwen2"]
+    own = generated_models[kind]
     env = {"SLIMLLM_MODEL": OWN_REPO, "SLIMLLM_MODEL_FILE": own.name}
     with compose_stack("docker-compose.inference.yml", hub, stack_images, tmp_path, **env) as urls:
-        served_as(urls["inference"], "qwen2", own.stem)
+        served_as(urls["inference"], kind, own.stem)
 
 
 @pytest.mark.docker
@@ -269,16 +274,18 @@ def step_outputs(path: Path) -> dict[str, str]:
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_stack_up_serves_the_default_and_a_hugging_face_model_behind_the_chat(
     hub: StandInHub,
     stack_images: dict[str, str],
     generated_models: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     """The serve action's path. Only the host talks to the Hub: the servers find the files it
     fetched (and the digests it noted) in the read-only models directory."""
-    own = generated_models["llama3"]
+    own = generated_models[kind]
     name = f"t-{uuid.uuid4().hex[:8]}"
     outputs = tmp_path / "outputs"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
@@ -296,7 +303,7 @@ def test_stack_up_serves_the_default_and_a_hugging_face_model_behind_the_chat(
         urls = json.loads(step_outputs(outputs)["inference-urls"])
         chat = f"http://127.0.0.1:{chat_port}"
         gemma_served(urls["default"])
-        served_as(urls[own.stem], "llama3", own.stem, chat=chat, name=own.stem)
+        served_as(urls[own.stem], kind, own.stem, chat=chat, name=own.stem)
     finally:
         assert main(["stack", "down", "--name", name]) == 0
 
