@@ -9,9 +9,12 @@ the inference image and the embedded model.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -24,10 +27,14 @@ import pytest
 
 from slimllm.cli import main
 from slimllm.errors import UserError
+from slimllm.model import sha256_file
+from slimllm.runner import compose
 from slimllm.runner.images import BakeFile, BuildPlan, _spec_text, build_steps, plan_build
 from slimllm.runner.plan import parse_duration, plan_models
+from slimllm.runner.stack import SECRET_VARIABLES, StackSettings, fetch_models
 from tests.conftest import REPO_ROOT, require
 from tests.dockerutil import bake_print
+from tests.fakes.hf_hub import serve_hub
 from tests.test_inference import inference_image  # noqa: F401  (the image the stack runs)
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -439,11 +446,28 @@ def test_plan_models_from_presets_and_a_repo() -> None:
         pytest.param(
             ["default"], {"repo": "a/b", "file": "x.gguf", "alias": "default"}, "two models", id="clash"
         ),
+        pytest.param(
+            [], {"repo": "a/b", "file": "x.gguf", "alias": "chat"}, "cannot be named 'chat'", id="chat"
+        ),
+        pytest.param(
+            [], {"repo": "a/b", "file": "x.gguf", "alias": "tunnel"}, "cannot be named 'tunnel'", id="tunnel"
+        ),
+        # The first model's alias on the stack network, taken by a second model.
+        pytest.param(
+            ["default"],
+            {"repo": "a/b", "file": "x.gguf", "alias": "inference"},
+            "cannot be named 'inference'",
+            id="inference-second",
+        ),
     ],
 )
 def test_plan_models_errors(presets: list[str], kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         plan_models(presets, **kwargs)
+
+
+def test_a_model_may_be_called_inference_when_it_is_the_first() -> None:
+    assert [p.name for p in plan_models([], repo="a/b", file="x.gguf", alias="inference")] == ["inference"]
 
 
 def test_stack_up_masks_the_secrets_before_anything_else(
@@ -453,11 +477,140 @@ def test_stack_up_masks_the_secrets_before_anything_else(
     monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("TUNNEL_TOKEN", "tunnel-secret-1")
     monkeypatch.setenv("SLIMLLM_API_KEY", "api-secret-2")
+    monkeypatch.setenv("SLIMLLM_CHAT_API_KEY", "chat-secret-3")
+    monkeypatch.setenv("HF_TOKEN", "hf-secret-4")
     assert main(["stack", "up", "--models", "no-such-preset"]) == 1
     out = capsys.readouterr()
-    assert "::add-mask::tunnel-secret-1" in out.out
-    assert "::add-mask::api-secret-2" in out.out
+    for secret in ("tunnel-secret-1", "api-secret-2", "chat-secret-3", "hf-secret-4"):
+        assert f"::add-mask::{secret}" in out.out
     assert "unknown model preset" in out.err
+    # The secrets reach the containers from the environment, by name, never from the project file.
+    rendered = json.dumps(compose.render(_project(tmp_path, chat=True, tunnel=True)))
+    for variable in SECRET_VARIABLES:
+        assert os.environ[variable] not in rendered
+
+
+def _project(tmp_path: Path, *, chat: bool, tunnel: bool) -> compose.Project:
+    return compose.Project(
+        name="aliases",
+        models=[compose.Model("qwen", {"SLIMLLM_PRESET": "qwen"}, 8080), compose.Model("tiny", {}, 8081)],
+        models_dir=tmp_path,
+        images={"inference": "i:1", "chat": "c:1", "tunnel": "t:1", "monitor": "m:1"},
+        chat_port=8000 if chat else None,
+        tunnel_metrics_port=20241 if tunnel else None,
+        monitor=True,
+    )
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "no-chat"])
+def test_the_front_has_the_same_name_on_every_stack(tmp_path: Path, chat: bool) -> None:
+    """Whatever the models are called, the tunnel's origin is `chat` or `inference` on the stack
+    network: the one target a named tunnel's public hostname needs, for every replica."""
+    require(
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0, "no compose"
+    )
+    file = compose.write(_project(tmp_path, chat=chat, tunnel=True), tmp_path)
+    config = json.loads(
+        subprocess.run(
+            ["docker", "compose", "-f", str(file), "config", "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("SLIMLLM_", "TUNNEL_"))},
+        ).stdout
+    )
+    services = config["services"]
+    assert services["qwen"]["networks"] == {"slimllm": {"aliases": ["inference"]}}
+    assert services["tiny"]["networks"] == {"slimllm": None}
+    tunnel = services["tunnel"]
+    if chat:
+        assert services["chat"]["networks"] == {"slimllm": {"aliases": ["chat"]}}
+        assert tunnel["environment"]["TUNNEL_URL"] == "http://chat:8000"
+        assert set(tunnel["depends_on"]) == {"chat"}
+        # The chat's own key comes from the one definition, empty unless set.
+        assert services["chat"]["environment"]["SLIMLLM_CHAT_API_KEY"] == ""
+    else:
+        assert "chat" not in services
+        assert tunnel["environment"]["TUNNEL_URL"] == "http://inference:8080"
+        assert set(tunnel["depends_on"]) == {"qwen"}
+
+
+def fetch_job(models_dir: str, pinned_sha: str) -> None:
+    """What actions/serve's Start step fetches: a model without a pinned digest and one with."""
+    models = plan_models([], repo="acme/Tiny-GGUF", file="tiny.gguf")
+    models += plan_models([], repo="acme/Pinned-GGUF", file="pinned.gguf", sha256=pinned_sha)
+    fetch_models(
+        StackSettings(
+            name="cache",
+            models=models,
+            models_dir=Path(models_dir),
+            chat=False,
+            tunnel=False,
+            monitor=False,
+            inference_image="",
+            chat_image="",
+            cloudflared_image="",
+            monitor_image="",
+            port=8080,
+            chat_port=8000,
+            threads=None,
+            wait_timeout=1,
+        )
+    )
+
+
+def run_fetch_job(
+    models_dir: Path, pinned_sha: str, hf_home: Path, endpoint: str
+) -> subprocess.CompletedProcess[str]:
+    """`fetch_job` in a process of its own: the Hub's client reads HF_HOME and HF_ENDPOINT once."""
+    code = (
+        f"from tests.test_images_and_stack import fetch_job; fetch_job({str(models_dir)!r}, {pinned_sha!r})"
+    )
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_ENDPOINT": endpoint}
+    env.update({"HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_a_model_restored_from_the_actions_cache_is_used_without_the_hub(tmp_path: Path) -> None:
+    """actions/serve caches the models directory and nothing else: a later job gets the files back
+    with an empty Hugging Face cache. A file fetched without a pinned sha256 brings the digest noted
+    at its download (.<file>.sha256) along; both it and a pinned one are verified and reused without
+    a request, and a restored file that no longer matches is not."""
+    gguf = b"GGUF" + bytes(range(256)) * 64
+    pinned = b"GGUF" + bytes(reversed(range(256))) * 64
+    pinned_sha = hashlib.sha256(pinned).hexdigest()
+    files = {"acme/Tiny-GGUF/tiny.gguf": gguf, "acme/Pinned-GGUF/pinned.gguf": pinned}
+    first_job = tmp_path / "job-1" / "slimllm-models"
+    with serve_hub(files) as (hub, fake):
+        first = run_fetch_job(first_job, pinned_sha, tmp_path / "job-1" / "hf-home", hub)
+        assert first.returncode == 0, first.stderr
+        assert sum(1 for method, _ in fake.requests if method == "GET") == 2
+    assert (first_job / ".tiny.gguf.sha256").read_text().startswith(sha256_file(first_job / "tiny.gguf"))
+
+    # The next job: the cache action restores the directory; the Hub is gone, so is its cache.
+    second_job = tmp_path / "job-2" / "slimllm-models"
+    shutil.copytree(first_job, second_job)
+    with socket_closed() as unreachable:
+        second = run_fetch_job(second_job, pinned_sha, tmp_path / "job-2" / "hf-home", unreachable)
+        assert second.returncode == 0, second.stderr
+        assert (second_job / "tiny.gguf").read_bytes() == gguf
+        assert (second_job / "pinned.gguf").read_bytes() == pinned
+        # A restored file that does not match its digest is fetched again, which fails here.
+        (second_job / "tiny.gguf").write_bytes(gguf[:-1] + b"!")
+        third = run_fetch_job(second_job, pinned_sha, tmp_path / "job-2" / "hf-home", unreachable)
+        assert third.returncode != 0
+        assert re.search(r"model tiny: cannot download .* unreachable", third.stderr), third.stderr[-2000:]
+
+
+@contextlib.contextmanager
+def socket_closed() -> Iterator[str]:
+    """A URL nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
 
 
 # --- a real stack ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from slimllm.errors import UserError
 from slimllm.runner.plan import models_dir as _models_dir
 from slimllm.runner.plan import parse_duration, plan_models, preset_list
 from slimllm.runner.stack import StackSettings, containers, docker, dump_logs, mask_secrets, remove, up
-from slimllm.runner.watch import drain, watch
+from slimllm.runner.watch import TUNNEL_URL_VARIABLE, drain, watch
 
 _STACK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -212,11 +212,12 @@ def stack_up(
     threads: int | None,
     wait_timeout: float,
 ) -> None:
-    """Start a stack and wait until it is healthy.
+    """Start a stack and wait until it is healthy and, with --tunnel, registered with the edge.
 
     Secrets come from the environment only: TUNNEL_TOKEN (a named tunnel), SLIMLLM_API_KEY (asked
-    by the servers, sent by the chat), HF_TOKEN (gated repos). Step outputs: url (the chat, or the
-    first model), tunnel-url, chat-url, inference-urls (JSON), network, healthy.
+    by the servers, sent by the chat), SLIMLLM_CHAT_API_KEY (asked by the chat), HF_TOKEN (gated
+    repos). Step outputs: url (the chat, or the first model), tunnel-url, chat-url, inference-urls
+    (JSON), network, healthy; later steps also find the quick tunnel's URL in SLIMLLM_TUNNEL_URL.
     """
     mask_secrets()  # before anything can fail and print
     settings = StackSettings(
@@ -249,6 +250,8 @@ def stack_up(
         click.echo(outputs["tunnel-url"])
     if gha.in_github():
         gha.set_outputs(outputs)
+        if outputs["tunnel-url"]:
+            gha.export_env(TUNNEL_URL_VARIABLE, outputs["tunnel-url"])
 
 
 @stack.command("plan")
@@ -299,7 +302,9 @@ def stack_plan(
 def stack_watch(name: str, duration: str, interval: float) -> None:
     """Keep a stack serving: restart containers that stop or turn unhealthy, until the time is up.
 
-    A cancelled job (SIGTERM) ends the watch early. Step outputs: restarts, healthy.
+    A quick tunnel that comes back with a new URL is published again: the job summary, a warning
+    in the log, and SLIMLLM_TUNNEL_URL for later steps. A cancelled job (SIGTERM) ends the watch
+    early. Step outputs: restarts, healthy, tunnel-url.
     """
     outputs = watch(_name(name), parse_duration(duration), interval)
     if gha.in_github():
@@ -321,6 +326,14 @@ def stack_watch(name: str, duration: str, interval: float) -> None:
     show_envvar=True,
     required=True,
     help="The workflow's name, which starts the successor's run title (e.g., chat interface).",
+)
+@click.option(
+    "--run-attempt",
+    type=click.IntRange(1),
+    default=1,
+    envvar="GITHUB_RUN_ATTEMPT",
+    show_envvar=True,
+    help="This run's attempt: a re-run hands off to a successor of its own.",
 )
 @click.option(
     "--input",
@@ -377,6 +390,7 @@ def stack_handoff(
     name: str,
     instance: str,
     title: str,
+    run_attempt: int,
     inputs: tuple[str, ...],
     repo: str,
     run_id: int,
@@ -388,10 +402,12 @@ def stack_handoff(
 ) -> None:
     """Start this run's successor, wait until it is ready, then drain this stack.
 
-    The successor is this workflow dispatched again with the instance key and this run's id as
-    inputs (`instance`, `predecessor`) besides --input. The token (SLIMLLM_GITHUB_TOKEN or
-    GITHUB_TOKEN) needs `actions: write`. If the successor does not become ready, this stack keeps
-    serving and the step fails. Step outputs: successor-run-id, exit-codes (JSON).
+    The successor is this workflow dispatched again with the instance key and this attempt's
+    marker, RUN_ID-ATTEMPT, as inputs (`instance`, `predecessor`) besides --input; its run title
+    names both, which is how it is found again. It is ready while its run is in progress and its
+    "Ready for handoff" step has succeeded. The token (SLIMLLM_GITHUB_TOKEN or GITHUB_TOKEN) needs
+    `actions: write`. If the successor does not become ready, this stack keeps serving and the
+    step fails. Step outputs: successor-run-id, exit-codes (JSON).
     """
     from slimllm.reports.regression import connect
     from slimllm.runner.handoff import Handoff, HandoffError, HandoffPlan
@@ -407,6 +423,7 @@ def stack_handoff(
     plan = HandoffPlan(
         repo=repo,
         run_id=run_id,
+        run_attempt=run_attempt,
         ref=ref,
         instance=instance,
         title_prefix=title,

@@ -23,6 +23,10 @@ SERVICES_FILE = Path(str(resources.files(__package__).joinpath("services.yml")))
 LABEL = "io.slimllm.action-stack"
 ROLE_LABEL = "io.slimllm.role"
 INFERENCE_PORT, CHAT_PORT = 8080, 8000
+# Stable names on the stack network, whatever the models are called: the origin that a named
+# tunnel's public hostname points at (set once in Cloudflare, the same for every replica) is
+# http://chat:8000 with the chat, http://inference:8080 (the first model) without it.
+CHAT_ALIAS, INFERENCE_ALIAS = "chat", "inference"
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,13 @@ class Project:
     threads: int | None = None
 
     def front(self) -> str:
-        """What the tunnel publishes: the chat, or the first model."""
+        """What the tunnel publishes, by its alias: the chat, or the first model."""
         if self.chat_port is not None:
-            return f"http://chat:{CHAT_PORT}"
-        return f"http://{self.models[0].name}:{INFERENCE_PORT}"
+            return f"http://{CHAT_ALIAS}:{CHAT_PORT}"
+        return f"http://{INFERENCE_ALIAS}:{INFERENCE_PORT}"
+
+    def front_service(self) -> str:
+        return "chat" if self.chat_port is not None else self.models[0].name
 
 
 def chat_key_variable(model: str) -> str:
@@ -72,7 +79,10 @@ def render(project: Project) -> dict[str, Any]:
     def after(names: list[str]) -> dict[str, Any]:
         return {name: {"condition": "service_healthy"} for name in names}
 
-    for model in project.models:
+    def aliases(*names: str) -> dict[str, Any]:
+        return {"networks": {"slimllm": {"aliases": list(names)}}}
+
+    for index, model in enumerate(project.models):
         environment = dict(model.environment)
         if project.threads:
             environment["SLIMLLM_THREADS"] = str(project.threads)
@@ -83,6 +93,7 @@ def render(project: Project) -> dict[str, Any]:
             # Fetched on the host (so that the action can cache them), read-only in here.
             volumes=[f"{project.models_dir.resolve()}:/models:ro"],
             ports=[f"127.0.0.1:{model.port}:{INFERENCE_PORT}"],
+            **(aliases(INFERENCE_ALIAS) if index == 0 else {}),
         )
     watched = [f"{m.name}=http://{m.name}:{INFERENCE_PORT}/health" for m in project.models]
     if project.chat_port is not None:
@@ -99,17 +110,19 @@ def render(project: Project) -> dict[str, Any]:
             environment=environment,
             ports=[f"127.0.0.1:{project.chat_port}:{CHAT_PORT}"],
             depends_on=after([m.name for m in project.models]),
+            **aliases(CHAT_ALIAS),
         )
         watched.append(f"chat=http://chat:{CHAT_PORT}/health")
-    front = project.front().removeprefix("http://").partition(":")[0]
     if project.tunnel_metrics_port is not None:
         services["tunnel"] = service(
             "tunnel",
             "tunnel",
+            # A quick tunnel's origin. A named tunnel (TUNNEL_TOKEN) ignores it: its origin is
+            # what its public hostname says in Cloudflare, the same alias.
             environment={"TUNNEL_URL": project.front()},
-            # A port of its own on the host, so that the quick tunnel's URL can be asked for.
+            # A port of its own on the host: its /ready and the quick tunnel's URL are asked there.
             ports=[f"127.0.0.1::{project.tunnel_metrics_port}"],
-            depends_on=after([front]),
+            depends_on=after([project.front_service()]),
         )
     if project.monitor:
         services["monitor"] = service(

@@ -12,8 +12,12 @@ from slimllm import presets
 from slimllm.clitypes import split_items
 from slimllm.errors import UserError
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, ModelSource, parse_source
+from slimllm.runner.compose import CHAT_ALIAS, INFERENCE_ALIAS
 
 _MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,39}")
+# A model's name is its service's name on the stack network: not one of the other services', nor
+# the alias the first model has there unless it is that model.
+_TAKEN_NAMES = (CHAT_ALIAS, "tunnel", "monitor")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -88,6 +92,12 @@ def plan_models(
     names = [plan.name for plan in plans]
     if len(set(names)) != len(names):
         raise UserError(f"two models are named {names[-1]!r}; give the Hugging Face model another alias")
+    for index, name in enumerate(names):
+        if name in _TAKEN_NAMES or (name == INFERENCE_ALIAS and index > 0):
+            raise UserError(
+                f"a model cannot be named {name!r}: that name is another service's on the stack network; "
+                "give the Hugging Face model another alias"
+            )
     return plans
 
 

@@ -30,9 +30,13 @@ from slimllm.reports.health import Prober, ProbeSettings, build_targets, render_
 from slimllm.runner import compose
 from slimllm.runner.compose import CHAT_PORT, INFERENCE_PORT, LABEL, ROLE_LABEL
 from slimllm.runner.plan import ModelPlan
-from slimllm.runner.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url
+from slimllm.runner.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url, wait_until_registered
 
-SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "HF_TOKEN")
+SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "SLIMLLM_CHAT_API_KEY", "HF_TOKEN")
+OPEN_CHAT_WARNING = (
+    "the chat is published through the tunnel without a key (chat-api-key, SLIMLLM_CHAT_API_KEY): "
+    "anyone with the URL can use it"
+)
 
 
 @dataclass
@@ -117,7 +121,12 @@ def up(settings: StackSettings) -> dict[str, Any]:
         servers = {c.labels[ROLE_LABEL]: c for c in containers(client, settings.name)}
         urls = {plan.name: published(servers[plan.name], INFERENCE_PORT) for plan in settings.models}
         chat_url = published(servers["chat"], CHAT_PORT) if settings.chat else ""
-        tunnel_url = quick_tunnel_url(servers["tunnel"], deadline) if settings.tunnel else ""
+        tunnel_url = ""
+        if settings.tunnel:
+            # Healthy containers are not enough: the stack serves the public only once its
+            # connector holds a connection to the edge, named tunnel or quick.
+            connector_registered(servers["tunnel"], deadline)
+            tunnel_url = quick_tunnel_url(servers["tunnel"], deadline)
     except BaseException:
         # Leave nothing half-started behind; the logs are the user's only clue.
         dump_logs(client, settings.name)
@@ -177,6 +186,17 @@ def start(project: compose.Project, timeout: float) -> None:
     raise UserError(f"the Docker engine refused to start the stack: {compose.compose_error(result)}")
 
 
+def connector_registered(tunnel: Any, deadline: float) -> None:
+    """Until cloudflared's /ready says it holds a connection to the edge; it is then part of its
+    tunnel (one replica of it, for a named tunnel)."""
+    remaining = max(5.0, deadline - time.monotonic())
+    try:
+        ready = wait_until_registered(published(tunnel, METRICS_PORT), timeout=remaining)
+    except TunnelError as exc:
+        raise UserError(f"the tunnel did not come up: {exc}") from None
+    click.echo(f"{tunnel.name}: registered with the edge ({ready} connections)")
+
+
 def quick_tunnel_url(tunnel: Any, deadline: float) -> str:
     """The quick tunnel's public URL; empty for a named tunnel (its hostname is the user's)."""
     if os.environ.get("TUNNEL_TOKEN", ""):
@@ -198,6 +218,9 @@ def report(settings: StackSettings, urls: dict[str, str], chat_url: str, tunnel_
         summary.append(f"- Public: {tunnel_url}")
     elif settings.tunnel:
         summary.append("- Public: your named tunnel's hostname")
+    if settings.chat and settings.tunnel and not os.environ.get("SLIMLLM_CHAT_API_KEY"):
+        gha.warning(OPEN_CHAT_WARNING)
+        summary += ["", f"> **Warning:** {OPEN_CHAT_WARNING}."]
     gha.append_summary("\n".join(summary) + "\n\n" + render_health_markdown(health))
     return {
         "url": local_url,

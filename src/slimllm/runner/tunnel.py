@@ -1,9 +1,12 @@
-"""Where the cloudflared sidecar publishes the service: its quick tunnel's https URL.
+"""What cloudflared's metrics server says about the sidecar: whether it is registered with the
+edge, and where a quick tunnel publishes the service.
 
-cloudflared's metrics server answers `GET /quicktunnel` with `{"hostname": "<name>.trycloudflare.com"}`
-once the quick tunnel exists (and an empty hostname for a named tunnel). That is asked first, until
-a deadline; cloudflared's own log, which prints the URL in a box when the tunnel is created, is the
-fallback.
+`GET /ready` answers 200 with `{"readyConnections": N, ...}` once cloudflared holds a connection
+to Cloudflare's edge (503 before): only then does the tunnel serve, and for a named tunnel that is
+when this connector has joined it as a replica. `GET /quicktunnel` answers
+`{"hostname": "<name>.trycloudflare.com"}` once the quick tunnel exists (and an empty hostname for
+a named tunnel). That is asked first, until a deadline; cloudflared's own log, which prints the URL
+in a box when the tunnel is created, is the fallback.
 """
 
 from __future__ import annotations
@@ -50,6 +53,43 @@ def _ask_metrics(client: httpx.Client, metrics_url: str) -> str:
     if not isinstance(hostname, str):
         raise ValueError(f"no hostname field in {response.text[:200]!r}")
     return hostname
+
+
+def wait_until_registered(metrics_url: str, timeout: float, *, poll_interval: float = 0.5) -> int:
+    """Until `metrics_url`/ready answers 200 with readyConnections >= 1; returns that number.
+    Raises TunnelError with the last answer when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=max(0.1, min(5.0, timeout)), trust_env=False) as client:
+        while True:
+            try:
+                response = client.get(f"{metrics_url.rstrip('/')}/ready")
+                body = response.json()
+                count = body.get("readyConnections") if isinstance(body, dict) else None
+                if response.status_code == 200 and isinstance(count, int) and count >= 1:
+                    return count
+                last = f"HTTP {response.status_code} {response.text.strip()[:200]}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if time.monotonic() + poll_interval > deadline:
+                raise TunnelError(
+                    f"cloudflared did not register with the edge within {timeout:.0f} s "
+                    f"({metrics_url}/ready: {last})"
+                )
+            time.sleep(poll_interval)
+
+
+def current_quick_tunnel_url(metrics_url: str, timeout: float = 3.0) -> str | None:
+    """The quick tunnel's URL right now; "" for a named tunnel, None when cloudflared does not
+    answer (restarting, say) or names an unexpected host."""
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            hostname = _ask_metrics(client, metrics_url)
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not hostname:
+        return ""
+    return f"https://{hostname.lower()}" if _QUICK_TUNNEL_HOST.fullmatch(hostname) else None
 
 
 def discover_tunnel_url(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,6 +17,11 @@ from slimllm.reports.health import render_health_markdown
 from slimllm.runner import stack
 from slimllm.runner.compose import CHAT_PORT, INFERENCE_PORT, ROLE_LABEL
 from slimllm.runner.stack import docker, probe, published
+from slimllm.runner.tunnel import METRICS_PORT, current_quick_tunnel_url
+
+# Where later steps of the job find the quick tunnel's URL; set by `stack up`, and again by the
+# watch when a restarted cloudflared got a new one (step outputs cannot change after their step).
+TUNNEL_URL_VARIABLE = "SLIMLLM_TUNNEL_URL"
 
 # The order a handoff stops a stack in: first the tunnel, so that the edge sends no new requests
 # here (cloudflared finishes those in flight), then the chat, then the servers, then the monitor.
@@ -56,17 +62,47 @@ def _until_signalled() -> Iterator[list[bool]]:
             signal.signal(sig, old)
 
 
+class QuickTunnelURL:
+    """The quick tunnel's public URL, published again whenever it changes: a restarted
+    cloudflared gets a new trycloudflare.com hostname, and the old one is gone."""
+
+    def __init__(self) -> None:
+        self.url = os.environ.get(TUNNEL_URL_VARIABLE, "")
+
+    def check(self, containers: list[Any]) -> None:
+        tunnel = next((c for c in containers if c.labels.get(ROLE_LABEL) == "tunnel"), None)
+        if tunnel is None or tunnel.status != "running":
+            return
+        try:
+            url = current_quick_tunnel_url(published(tunnel, METRICS_PORT))
+        except UserError:  # no port published yet: restarting
+            return
+        if not url or url == self.url:  # a named tunnel, no answer yet, or the same URL
+            return
+        if self.url:
+            message = f"the quick tunnel has a new public URL, {url}; {self.url} no longer serves"
+            gha.warning(message)
+            gha.append_summary(f"### The public URL changed\n\n- Public: {url} (was {self.url})\n")
+        else:
+            click.echo(f"public URL: {url}")
+        gha.export_env(TUNNEL_URL_VARIABLE, url)
+        self.url = url
+
+
 def watch(name: str, duration: int, interval: float) -> dict[str, Any]:
-    """Keep the stack up for `duration` seconds: restart containers that stop or turn unhealthy."""
+    """Keep the stack up for `duration` seconds: restart containers that stop or turn unhealthy,
+    and publish the quick tunnel's URL again when it changes."""
     client = docker()
     containers = stack.containers(client, name)
     if not containers:
         raise UserError(f"no stack named {name!r} is running")
     restarts: dict[str, int] = {}
+    tunnel_url = QuickTunnelURL()
     end = time.monotonic() + duration
     next_note = time.monotonic()
     with _until_signalled() as stop:
         while not stop[0] and time.monotonic() < end:
+            tunnel_url.check(containers)
             for container in containers:
                 state = container.attrs.get("State", {})
                 health = (state.get("Health") or {}).get("Status", "")
@@ -103,4 +139,9 @@ def watch(name: str, duration: int, interval: float) -> dict[str, Any]:
     gha.append_summary(
         render_health_markdown(health, heading="### Health at the end of the keep-alive") + restart_md
     )
-    return {"restarts": sum(restarts.values()), "healthy": all(t["up"] for t in health["targets"])}
+    tunnel_url.check(containers)
+    return {
+        "restarts": sum(restarts.values()),
+        "healthy": all(t["up"] for t in health["targets"]),
+        "tunnel-url": tunnel_url.url,
+    }
