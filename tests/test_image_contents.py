@@ -226,6 +226,77 @@ def test_every_listed_and_used_module_imports(docker_client: Any, image: str) ->
     assert not missing, f"{image}: modules that do not import: {missing}"
 
 
+# Standard library modules that some bytecode of the images imports (at the top or inside a
+# function) and that the images leave out on purpose. Any other import of a standard library
+# module the image lacks fails test_no_bytecode_imports_a_missing_module: a package update or a
+# new import in slimllm that needs one more module is caught here, not by a user.
+# fmt: off
+ABSENT_ON_PURPOSE = {
+    # Other systems' modules (Windows, macOS, AIX).
+    "_aix_support", "_osx_support", "_overlapped", "_scproxy", "_winapi", "msvcrt", "nt", "nturl2path",
+    "winreg",
+    # Pure-Python fallbacks of C modules the interpreter has.
+    "_py_abc", "_pydecimal", "_threading_local",
+    # East Asian codecs (1 MB): codecs.lookup("shift_jis") and the like raise LookupError, as for
+    # any unknown encoding; the APIs speak UTF-8.
+    "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw",
+    "_multibytecodec",
+    # Interactive use, debugging, tests, the standard modules' own command lines.
+    "code", "pdb", "readline", "rlcompleter", "pydoc", "doctest", "unittest", "tkinter", "webbrowser",
+    "getopt", "statistics",
+    # Paths the services never take: ftp:// URLs, logging's SMTPHandler, multiprocessing's XML-RPC
+    # serializer and shared memory, platform.mac_ver, zipfile.PyZipFile, filelock's SQLite lock,
+    # shutil's tar archives and slimllm.reports (host only), huggingface_hub's CLI, pydantic's mypy
+    # plugin.
+    "ftplib", "smtplib", "xmlrpc", "_posixshmem", "plistlib", "py_compile", "sqlite3", "tarfile", "venv",
+    "tomllib",
+}
+# fmt: on
+
+BYTECODE_SCAN = """
+import dis, importlib.util, json, marshal, os, sys
+def imports(code):
+    for ins in dis.get_instructions(code):
+        if ins.opname == "IMPORT_NAME" and ins.argval:
+            yield ins.argval
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            yield from imports(const)
+found = {}
+for root in sys.path[1:]:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".pyc"):
+                continue
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                code = marshal.loads(f.read()[16:])
+            for module in imports(code):
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names and top not in sys.builtin_module_names:
+                    found.setdefault(top, set()).add(path)
+missing = {m: sorted(p)[:3] for m, p in found.items() if importlib.util.find_spec(m) is None}
+print(json.dumps(missing))
+"""
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_no_bytecode_imports_a_missing_module(docker_client: Any, image: str) -> None:
+    """Every standard library module any bytecode of the image imports is there, or on purpose not."""
+    layers(image)  # built
+    out = docker_client.containers.run(
+        IMAGES[image], ["-c", BYTECODE_SCAN], entrypoint=["python3"], read_only=True, remove=True
+    )
+    missing = json.loads(out.decode().strip().splitlines()[-1])
+    unexpected = {name: paths for name, paths in missing.items() if name not in ABSENT_ON_PURPOSE}
+    assert not unexpected, (
+        f"{image}: imported by these files but not in the image: {unexpected}; add each to "
+        "app/python-runtime/stdlib.txt (or, if no path of the services can reach it, to ABSENT_ON_PURPOSE)"
+    )
+    listed = set(stdlib_names())
+    assert not listed & ABSENT_ON_PURPOSE, "a module both kept and left out"
+
+
 def test_stdlib_list_names_only_what_exists() -> None:
     names = stdlib_names()
     assert len(names) == len(set(names)), "a line twice in stdlib.txt"
