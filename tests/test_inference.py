@@ -284,8 +284,29 @@ LONG_PROMPT = "hello " * 5000
             "/v1/chat/completions",
             {**CHAT, "max_tokens": 10**6},
             400,
+            "less than or equal to 2048",
+            id="max-tokens-beyond-limit",
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hello " * 3000}], "max_tokens": 2000},
+            400,
             "context",
             id="max-tokens-beyond-context",
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x" * 900_000}]},
+            400,
+            "characters",
+            id="prompt-too-long-to-tokenize",
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            {**CHAT, "stream_options": "x"},
+            400,
+            "stream_options",
+            id="stream-options-wrong-type",
         ),
         pytest.param(
             "/v1/chat/completions",
@@ -352,7 +373,7 @@ def test_health_and_metrics_answer_during_generation(server: Server) -> None:
 def test_disconnect_stops_generation(server: Server) -> None:
     body = {
         "prompt": "Once upon a time",
-        "max_tokens": 3000,
+        "max_tokens": 2000,
         "temperature": 0.7,
         "ignore_eos": True,
         "stream": True,
@@ -622,7 +643,7 @@ def test_cancelled_stream_frees_its_slot(
     with run_server(docker_client, inference_image, default_model.parent, env) as srv:
         long = {
             "prompt": "Once upon a time",
-            "max_tokens": 3000,
+            "max_tokens": 2000,
             "temperature": 0.7,
             "ignore_eos": True,
             "stream": True,

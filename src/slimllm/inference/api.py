@@ -611,6 +611,7 @@ async def _collect(
     try:
         return await until_disconnect(receive, _gather(reply, events, timeout))
     except Disconnected:
+        log.info("%s: the client left, generation cancelled", reply.id)
         return Response(status_code=499)
     finally:
         job.cancel()  # no-op once finished; frees the slot when the client left or time ran out

@@ -31,12 +31,20 @@
     return model.status;
   }
 
+  // With a key set, a session that has expired (or never was) gets 401: back to the login form.
+  function loggedOut(response) {
+    if (response.status !== 401) return false;
+    window.location.assign("/login");
+    return true;
+  }
+
   // -- models -------------------------------------------------------------------------------
 
   async function loadModels() {
     let delay = 5000;
     try {
       const response = await fetch("/api/models", { cache: "no-store" });
+      if (loggedOut(response)) return;
       const data = await response.json();
       state.models = data.models;
       delay = Math.max(2000, Math.min(15000, data.poll_interval * 1000));
@@ -270,6 +278,7 @@
         body: JSON.stringify(body),
         signal: controller.signal,
       });
+      if (loggedOut(response)) return;
       if (!response.ok) {
         const error = await response.json().catch(() => ({}));
         throw new Error((error.error && error.error.message) || `HTTP ${response.status}`);
