@@ -262,3 +262,76 @@ def test_action_docs_rewrites_a_stale_table(tmp_path: Path) -> None:
     text = action_docs.update(readme.read_text(), REPO_ROOT)
     assert "stale" not in text
     assert "| `name` | Stack name given to actions/serve (e.g., chat-1). | `slimllm` |" in text
+
+
+def _lock_module() -> Any:
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import lock_cli_requirements
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+    return lock_cli_requirements
+
+
+def test_the_cli_lock_is_current_with_pyproject() -> None:
+    assert _lock_module().problems() == []
+
+
+def test_the_cli_lock_check_notices_a_changed_pyproject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = _lock_module()
+    pyproject = tmp_path / "pyproject.toml"
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    # A new bound that the locked version does not meet, as when a dependency is raised.
+    pyproject.write_text(text.replace('"click>=8.1,<9"', '"click>=9,<10"'), encoding="utf-8")
+    assert pyproject.read_text() != text
+    monkeypatch.setattr(lock, "PYPROJECT", pyproject)
+    found = lock.problems()
+    assert any("base.txt was locked from another pyproject.toml" in p for p in found), found
+    assert any(re.search(r"base\.txt: click==\S+ is outside click>=9,<10", p) for p in found), found
+
+
+def test_install_cli_takes_nothing_unpinned() -> None:
+    script = (REPO_ROOT / "scripts" / "install-cli.sh").read_text(encoding="utf-8")
+    installs = [line for line in script.splitlines() if '"${pip[@]}"' in line]
+    assert installs == [
+        '  "${pip[@]}" --require-hashes "${requirements[@]}"',
+        '    "${pip[@]}" --no-deps --no-build-isolation "$source_dir"',
+    ], installs
+    assert script.count("pip install") == 1  # the one command both lines extend
+
+
+@pytest.mark.slow
+def test_install_cli_installs_the_locked_versions_and_a_working_cli(tmp_path: Path) -> None:
+    """The script for real, as serve runs it (PyPI needed): every distribution in the venv is the
+    one a lock names, at its version, and the CLI starts."""
+    env = {**os.environ, "RUNNER_TEMP": str(tmp_path), "SLIMLLM_EXTRAS": "docker,model"}
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "install-cli.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    venv = tmp_path / "slimllm-venv"
+    freeze = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json", "--exclude", "pip"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    installed = {re.sub(r"[-_.]+", "-", d["name"]).lower(): d["version"] for d in json.loads(freeze.stdout)}
+    lock = _lock_module()
+    locked: dict[str, str] = {}
+    for part in ("base", "docker", "model"):
+        locked |= {n: v for n, (v, _) in lock.pins((lock.LOCK_DIR / f"{part}.txt").read_text()).items()}
+    assert installed.pop("slimllm") == "0.1.0"
+    assert {n: v for n, v in installed.items() if locked.get(n) != v} == {}
+    version = subprocess.run([str(venv / "bin" / "slimllm"), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0, version.stderr[-3000:]
+    rejected = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "install-cli.sh")],
+        capture_output=True, text=True, env={**env, "SLIMLLM_EXTRAS": "server"},
+    )  # fmt: skip
+    assert rejected.returncode == 1 and "unknown extra 'server'" in rejected.stdout
