@@ -14,8 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,8 @@ def parse_act_log(lines: list[dict[str, Any]]) -> ActRun:
     return run
 
 
-def run_act(workflow: str, inputs: dict[str, str], workdir: Path, *, timeout: float = 2400) -> ActRun:
+def act_command(workflow: str, inputs: dict[str, str], workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """The act command line that runs `workflow` on this host, offline, and its environment."""
     args = [
         str(ACT),
         "workflow_dispatch",
@@ -107,6 +110,11 @@ def run_act(workflow: str, inputs: dict[str, str], workdir: Path, *, timeout: fl
     env = {**os.environ, "PATH": path, "HOME": str(workdir / "home")}
     env.pop("VIRTUAL_ENV", None)
     (workdir / "home").mkdir(exist_ok=True)
+    return args, env
+
+
+def run_act(workflow: str, inputs: dict[str, str], workdir: Path, *, timeout: float = 2400) -> ActRun:
+    args, env = act_command(workflow, inputs, workdir)
     result = subprocess.run(
         args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
@@ -201,6 +209,72 @@ def test_containerized_chat_interface_workflow_passes_under_act(
     assert containers.stdout.strip() == ""
 
 
+STACK_LABEL = "io.slimllm.action-stack"
+
+
+def stack_state(name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The containers (inspected) and networks of stack `name`, by its label."""
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={STACK_LABEL}={name}"], capture_output=True, text=True
+    ).stdout.split()
+    containers = (
+        json.loads(subprocess.run(["docker", "inspect", *listed], capture_output=True, text=True).stdout)
+        if listed
+        else []
+    )
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"label={STACK_LABEL}={name}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return containers, networks
+
+
+def test_a_cancelled_serve_job_leaves_nothing_behind(
+    act: Path, build_inputs: dict[str, str], act_home: Path
+) -> None:
+    """containerized-chat-interface.yml serving for 30 minutes, cancelled once it serves. act, on
+    its first SIGINT, handles it as GitHub's runner handles a cancelled job: it kills the running
+    step (serve's keep-alive), skips the rest of that composite action -- serve's own cleanup
+    included -- and runs the job's steps whose condition holds for a cancelled job: the final
+    actions/stop under `if: always()`, whose own steps must say `if: always()` too. Nothing of the
+    stack may be left: on a self-hosted runner or any Docker host nothing else would remove it."""
+    inputs = {**build_inputs, "duration": "30m", "models": "default"}
+    args, env = act_command("containerized-chat-interface.yml", inputs, act_home)
+    log_path = act_home / "cancel.log"
+    volumes: set[str] = set()
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 1800
+            while True:
+                assert process.poll() is None, f"act ended first:\n{log_path.read_text()[-6000:]}"
+                assert time.monotonic() < deadline, log_path.read_text()[-6000:]
+                containers, _ = stack_state("slimllm")
+                serving = "serving; 29 min left" in log_path.read_text(encoding="utf-8", errors="replace")
+                if containers and serving:
+                    break
+                time.sleep(2)
+            for container in containers:
+                volumes |= {m["Name"] for m in container["Mounts"] if m["Type"] == "volume"}
+            assert {c["State"]["Status"] for c in containers} == {"running"}
+            cancelled = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=600)
+            took = time.monotonic() - cancelled
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+    containers, networks = stack_state("slimllm")
+    left = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True).stdout.split()
+    assert (containers, networks) == ([], []), output[-6000:]
+    assert not volumes & set(left), volumes & set(left)
+    assert re.search(r"removed [1-9]\d* containers of stack slimllm", output), output[-6000:]
+    print(f"cancelled: the stack was gone {took:.1f} s after SIGINT; act exited {process.returncode}")
+
+
 # --- the files themselves ----------------------------------------------------------------------
 
 ACTION_FILES = sorted([REPO_ROOT / "action.yml", *REPO_ROOT.glob("actions/*/action.yml")])
@@ -262,6 +336,44 @@ def test_action_docs_rewrites_a_stale_table(tmp_path: Path) -> None:
     text = action_docs.update(readme.read_text(), REPO_ROOT)
     assert "stale" not in text
     assert "| `name` | Stack name given to actions/serve (e.g., chat-1). | `slimllm` |" in text
+
+
+def _action(path: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((REPO_ROOT / path).read_text(encoding="utf-8")))
+
+
+def test_serve_cleans_up_after_a_cancelled_or_failed_job() -> None:
+    [cleanup] = [
+        step for step in _action("actions/serve/action.yml")["runs"]["steps"] if step["name"] == "Clean up"
+    ]
+    condition = cleanup["if"].replace(" ", "")
+    assert condition.startswith("always()&&"), condition
+    assert {"failure()", "cancelled()", "steps.watch.outcome=='success'"} <= set(
+        condition.removeprefix("always()&&(").removesuffix(")").split("||")
+    ), condition
+
+
+def test_stop_runs_every_step_in_a_cancelled_job() -> None:
+    for step in _action("actions/stop/action.yml")["runs"]["steps"]:
+        assert step.get("if") == "always()", step["name"]
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_a_job_that_serves_ends_with_a_stop_that_always_runs(path: Path) -> None:
+    """A job whose stack outlives actions/serve (no keep-alive in it, or steps after it that may be
+    skipped when the job is cancelled) ends with actions/stop under `if: always()`."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for name, job in doc["jobs"].items():
+        uses = [str(step.get("uses", "")) for step in job.get("steps", [])]
+        serving = [i for i, u in enumerate(uses) if u.endswith("actions/serve")]
+        if not serving:
+            continue
+        stops = [
+            i
+            for i, step in enumerate(job["steps"])
+            if uses[i].endswith("actions/stop") and step.get("if") == "always()"
+        ]
+        assert stops and stops[-1] > serving[-1], f"job {name}"
 
 
 def _lock_module() -> Any:
