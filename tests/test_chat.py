@@ -65,6 +65,10 @@ class Stack:
     inf_b: str
     fake: str
     chat_container: Any
+    keyed: str  # a chat with its own key, in front of inf-a
+
+
+KEY = f"chat-key-{uuid.uuid4().hex}"
 
 
 def name(role: str) -> str:
@@ -139,6 +143,13 @@ def stack(
                 "SLIMLLM_CHAT_KEEPALIVE": "1",
             },
         )
+        chat_container = containers[-1]
+        keyed = run(
+            CHAT_IMAGE,
+            "keyed",
+            "8000/tcp",
+            environment={"SLIMLLM_CHAT_MODELS": f"left={a}", "SLIMLLM_CHAT_API_KEY": KEY},
+        )
         for url in (inf_a, inf_b):
             wait_for_http(url + "/health", timeout=120)
         wait_for_http(fake + "/xss/health", timeout=30)
@@ -153,7 +164,8 @@ def stack(
                 break
             assert time.monotonic() < deadline, f"the chat service never saw its backends: {statuses}"
             time.sleep(0.2)
-        yield Stack(chat, inf_a, inf_b, fake, containers[-1])
+        wait_for_http(keyed + "/health", timeout=30)
+        yield Stack(chat, inf_a, inf_b, fake, chat_container, keyed)
     finally:
         for container in containers:
             container.remove(force=True)
@@ -526,3 +538,31 @@ def test_xss_reply_renders_as_inert_text(page: Any, stack: Stack, dialogs: list[
     assert content.locator("li").count() == 2 and content.locator("pre code").count() == 1
     assert dialogs == []
     page.screenshot(path=str(ARTIFACTS / "xss-inert.png"), full_page=True)
+
+
+def test_page_with_a_key_logs_in_and_chats(browser: Any, stack: Stack) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(stack.keyed + "/")
+        assert page.locator('form[action="/login"]').count() == 1  # the 401 page is the form
+        page.fill('input[name="key"]', "not the key")
+        page.click('button[type="submit"]')
+        assert "not right" in page.locator("#login-error").inner_text()
+        page.fill('input[name="key"]', KEY)
+        page.click('button[type="submit"]')
+        page.wait_for_selector('.model[data-model="left"][data-status="up"]')
+        cookie = next(c for c in context.cookies() if c["name"] == "slimllm_chat_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and KEY not in cookie["value"]
+        # The page's script cannot read the session cookie.
+        assert "slimllm_chat_session" not in page.evaluate("document.cookie")
+        choose(page, ["left"], max_tokens=8, temperature=0)
+        ask(page, "Name three colours.")
+        wait_answer(page, "left", "done")
+        assert last_answer(page, "left").inner_text().strip()
+        page.screenshot(path=str(ARTIFACTS / "logged-in.png"), full_page=True)
+        # Without the cookie, the API is closed.
+        assert httpx.get(stack.keyed + "/api/models").status_code == 401
+    finally:
+        context.close()
