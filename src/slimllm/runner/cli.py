@@ -188,7 +188,7 @@ def _name(value: str) -> str:
     default=900,
     envvar="SLIMLLM_WAIT_TIMEOUT",
     show_envvar=True,
-    help="Seconds to wait for everything to be healthy (downloads not included).",
+    help="Seconds to wait for everything to be healthy and the tunnel registered (downloads not included).",
 )
 def stack_up(
     name: str,
