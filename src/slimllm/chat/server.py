@@ -126,8 +126,9 @@ def _read_key_file(path: Path | None) -> str | None:
     envvar="SLIMLLM_CHAT_TRUSTED_PROXIES",
     show_envvar=True,
     help="Addresses or networks of the proxies (the Cloudflare tunnel's connector) whose "
-    "CF-Connecting-IP header names the client, e.g. 172.16.0.0/12; from any other peer the "
-    "header is ignored and the peer is the client.",
+    "CF-Connecting-IP header names the client, e.g. 172.16.0.0/12, or `local`: the networks this "
+    "container is attached to (in a stack: the stack's own, where the tunnel is); from any other "
+    "peer the header is ignored and the peer is the client.",
 )
 @click.option(
     "--log-level",
