@@ -25,7 +25,7 @@ from slimllm.chat.app import Protection, create_app
 from slimllm.chat.auth import COOKIE, OPEN_PATHS, Keyring
 from slimllm.chat.backends import Registry
 from slimllm.chat.config import load_models
-from slimllm.limits import parse_networks
+from slimllm.networks import parse_networks
 from tests.fakes.openai_backend import serve_backend
 
 KEY = "gateway-key-0123456789"

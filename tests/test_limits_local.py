@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from slimllm.limits import client_key, local_networks
+from slimllm.limits import client_key
+from slimllm.networks import local_networks
 
 # A container on two stack networks, with its default route through the first one's gateway.
 ROUTES = """\

@@ -67,11 +67,11 @@ from slimllm.limits import (
     BodyLimit,
     ConcurrencyLimiter,
     Disconnected,
-    Network,
     RateLimiter,
     client_key,
     until_disconnect,
 )
+from slimllm.networks import Network
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 from slimllm.openapi import document, parse
 

@@ -24,7 +24,8 @@ import time
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from slimllm.limits import Network, from_trusted_proxy
+from slimllm.limits import from_trusted_proxy
+from slimllm.networks import Network
 from slimllm.openai_errors import ApiError
 
 COOKIE = "slimllm_chat_session"

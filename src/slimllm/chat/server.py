@@ -10,7 +10,7 @@ import click
 
 from slimllm.chat.config import ConfigError, load_models
 from slimllm.errors import UserError
-from slimllm.limits import parse_networks
+from slimllm.networks import parse_networks
 
 
 def _read_key_file(path: Path | None) -> str | None:
