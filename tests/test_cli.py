@@ -58,3 +58,21 @@ def test_version() -> None:
 def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "fetch", "--bogus"]) == 2
     assert "No such option" in capsys.readouterr().err
+
+
+def test_secret_key_comes_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slimllm.clitypes import secret_key
+    from slimllm.errors import UserError
+
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    monkeypatch.delenv("SLIMLLM_TEST_KEY", raising=False)
+    assert secret_key("SLIMLLM_TEST_KEY", None) is None
+    assert secret_key("SLIMLLM_TEST_KEY", key_file) == "from-file"
+    monkeypatch.setenv("SLIMLLM_TEST_KEY", " from-env ")
+    assert secret_key("SLIMLLM_TEST_KEY", key_file) == "from-env"
+    monkeypatch.setenv("SLIMLLM_TEST_KEY", "")
+    with pytest.raises(UserError, match="cannot read the key file"):
+        secret_key("SLIMLLM_TEST_KEY", tmp_path / "missing")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -37,3 +39,14 @@ def parse_pairs(lines: Sequence[str], what: str, key: re.Pattern[str]) -> dict[s
             raise UserError(f"{what}: expected NAME=VALUE lines, got one starting {name[:40]!r}")
         pairs[name] = value
     return pairs
+
+
+def secret_key(variable: str, file: Path | None) -> str | None:
+    """A key from the environment variable, else from the file (a Docker secret): never from argv."""
+    value = os.environ.get(variable, "").strip()
+    if value or file is None:
+        return value or None
+    try:
+        return file.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise UserError(f"cannot read the key file {file}: {exc.strerror or exc}") from None

@@ -9,17 +9,9 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
+from slimllm.clitypes import secret_key
 from slimllm.errors import UserError
 from slimllm.networks import parse_networks
-
-
-def _read_key_file(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError as exc:
-        raise UserError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
 
 
 @click.command("chat-interface")
@@ -167,7 +159,7 @@ def chat_interface(
         configs = load_models(models_spec, models_file, os.environ)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    api_key = os.environ.get("SLIMLLM_CHAT_API_KEY", "").strip() or _read_key_file(api_key_file)
+    api_key = secret_key("SLIMLLM_CHAT_API_KEY", api_key_file)
     try:
         networks = tuple(parse_networks(trusted_proxies))
     except ValueError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
+from slimllm.clitypes import secret_key
 from slimllm.errors import UserError
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
@@ -45,15 +45,6 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
                 f"preset {preset}: unknown setting {env}", ctx=ctx, param_hint="'--preset' / SLIMLLM_PRESET"
             )
         options[param.name] = param.type_cast_value(ctx, raw)
-
-
-def _read_secret_file(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 @click.command("serve")
@@ -269,7 +260,7 @@ def _serve(
     log_level: str,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = os.environ.get("SLIMLLM_API_KEY", "").strip() or _read_secret_file(api_key_file)
+    api_key = secret_key("SLIMLLM_API_KEY", api_key_file)
     template = None
     if chat_template_file is not None:
         try:
