@@ -59,7 +59,7 @@ MAIN_SERVICES = {
 }
 SIDECARS = {"tunnel", "monitor"}
 ONE_SHOT = {"model-init"}
-SECRETS = {"TUNNEL_TOKEN", "SLIMLLM_API_KEY", "HF_TOKEN", "MONITOR_WEBHOOK_URL"}
+SECRETS = {"TUNNEL_TOKEN", "SLIMLLM_API_KEY", "SLIMLLM_CHAT_API_KEY", "HF_TOKEN", "MONITOR_WEBHOOK_URL"}
 # Read by docker compose itself rather than by a compose file.
 COMPOSE_OWN = {"COMPOSE_PROFILES"}
 MAKE_TARGETS = {
