@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -362,8 +363,20 @@ def send_raw(url: str, path: str, head: dict[str, str], body: Iterator[bytes]) -
                     view = view[:0]
                     break
         sock.setblocking(True)
-        while b"\r\n\r\n" not in answer:
-            data = sock.recv(65536)
+
+        def complete() -> bool:
+            """The headers and as much of the body as they announce have arrived."""
+            head_part, sep, rest = answer.partition(b"\r\n\r\n")
+            if not sep:
+                return False
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head_part)
+            return length is None or len(rest) >= int(length.group(1))
+
+        while not complete():
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not data:
                 break
             answer += data
