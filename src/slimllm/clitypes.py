@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -50,3 +50,19 @@ def secret_key(variable: str, file: Path | None) -> str | None:
         return file.read_text(encoding="utf-8").strip() or None
     except OSError as exc:
         raise UserError(f"cannot read the key file {file}: {exc.strerror or exc}") from None
+
+
+# The largest request body either app reads: a chat request with a long history fits many times.
+MAX_BODY_BYTES = 1 << 20
+
+
+def max_body_option(envvar: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """The `--max-body-bytes` option of an HTTP app (one default for both apps)."""
+    return click.option(
+        "--max-body-bytes",
+        type=click.IntRange(min=1024),
+        default=MAX_BODY_BYTES,
+        envvar=envvar,
+        show_envvar=True,
+        help="Largest request body in bytes; a larger one gets 413 without being read.",
+    )

@@ -63,6 +63,7 @@ from slimllm.chat.schemas import (
     operations,
     request_models,
 )
+from slimllm.clitypes import MAX_BODY_BYTES
 from slimllm.limits import (
     BodyLimit,
     ConcurrencyLimiter,
@@ -102,7 +103,7 @@ class Protection:
     """The gateway's access control and abuse limits (README: Configuration)."""
 
     api_key: str | None = None
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = MAX_BODY_BYTES
     max_tokens_limit: int = 1024
     max_streams_per_client: int = 2
     rate_limit: int = 30  # generation requests a minute per client

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import secret_key
+from slimllm.clitypes import max_body_option, secret_key
 from slimllm.errors import UserError
 from slimllm.networks import parse_networks
 
@@ -80,14 +80,7 @@ from slimllm.networks import parse_networks
     "as SLIMLLM_CHAT_API_KEY, never on the command line. With a key, every route but /health and "
     "/login needs it: a bearer token, or the session cookie of the login form.",
 )
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(min=1024),
-    default=1 << 20,
-    envvar="SLIMLLM_CHAT_MAX_BODY_BYTES",
-    show_envvar=True,
-    help="Largest request body in bytes; a larger one gets 413 without being read.",
-)
+@max_body_option("SLIMLLM_CHAT_MAX_BODY_BYTES")
 @click.option(
     "--max-tokens-limit",
     type=click.IntRange(min=1),

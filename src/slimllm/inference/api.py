@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
+from slimllm.clitypes import MAX_BODY_BYTES
 from slimllm.inference.chat_templates import TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull
 from slimllm.inference.engine import Sampling as EngineSampling
@@ -74,7 +75,7 @@ class Settings:
     request_timeout: float = 600.0
     keepalive_seconds: float = 15.0
     max_tokens_limit: int = 2048
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class ServerState:

@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
-from slimllm.clitypes import secret_key
+from slimllm.clitypes import MAX_BODY_BYTES, max_body_option, secret_key
 from slimllm.errors import UserError
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
@@ -191,14 +191,7 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     help="Most tokens one request may generate: a larger max_tokens gets 400, and a chat request "
     "without one gets at most this many.",
 )
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(min=1024),
-    default=1 << 20,
-    envvar="SLIMLLM_MAX_BODY_BYTES",
-    show_envvar=True,
-    help="Largest request body in bytes; a larger one gets 413 without being read.",
-)
+@max_body_option("SLIMLLM_MAX_BODY_BYTES")
 @click.option(
     "--request-timeout",
     type=click.FloatRange(min=1),
@@ -324,7 +317,7 @@ def run_server(
     shutdown_grace: float,
     log_level: str,
     max_tokens_limit: int = 2048,
-    max_body_bytes: int = 1 << 20,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> int:
     import uvicorn
 
