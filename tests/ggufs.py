@@ -13,6 +13,7 @@ the prompt it must render.
 the prompt each kind's template renders, so tests can compare a server's rendering against it.
 """
 
+# ruff: noqa: E501  (the tool kinds' chat templates are data, one Jinja statement a line)
 from __future__ import annotations
 
 import hashlib
@@ -167,6 +168,159 @@ KINDS: dict[str, Kind] = {
     )
 }
 
+# -- models that call tools ------------------------------------------------------------------
+# Templates in the way of their families' own (shortened, same structure and markers): each reads
+# the `tools` variable and writes earlier calls and tool results back, and the model answers with
+# calls in the family's format (tool_calls "format" below, as the server must detect it).
+
+QWEN25_TEMPLATE = """\
+{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are Qwen.' }}{%- endif %}
+{{- '\\n\\n# Tools\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}
+{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within \
+<tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}\\n\
+</tool_call><|im_end|>\\n' }}
+{%- elif messages[0]['role'] == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or \
+(message.role == 'assistant' and not message.tool_calls) %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant' }}
+{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}
+{%- for tool_call in message.tool_calls %}
+{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+{{- '\\n<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' + tool_call.arguments | tojson + '}\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\\n' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""
+
+LLAMA31_TEMPLATE = """\
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}
+{%- else %}{%- set system_message = '' %}{%- endif %}
+{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}
+{%- if tools is not none %}{{- 'Environment: ipython\\n' }}{%- endif %}
+{{- system_message + '<|eot_id|>' }}
+{%- if tools is not none %}
+{%- set first_user_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}
+{{- '<|start_header_id|>user<|end_header_id|>\\n\\nGiven the following functions, respond with a JSON for a \
+function call. Respond in the format {"name": function name, "parameters": dictionary of argument name and its \
+value}.\\n\\n' }}
+{%- for t in tools %}{{- t | tojson(indent=4) + '\\n\\n' }}{%- endfor %}
+{{- first_user_message + '<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if 'tool_calls' in message %}
+{%- set tool_call = message.tool_calls[0].function %}
+{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n{"name": "' + tool_call.name + '", "parameters": ' + \
+tool_call.arguments | tojson + '}<|eot_id|>' }}
+{%- elif message.role == 'tool' or message.role == 'ipython' %}
+{{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' }}
+{%- else %}
+{{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' + message.content | trim + '<|eot_id|>' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}
+"""
+
+MISTRAL_TEMPLATE = """\
+{%- if messages[0]['role'] == 'system' %}
+{%- set system_message = messages[0]['content'] %}{%- set loop_messages = messages[1:] %}
+{%- else %}{%- set loop_messages = messages %}{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+{%- if message.role == 'user' %}
+{%- if tools is not none and loop.last %}
+{{- '[AVAILABLE_TOOLS][' }}{%- for tool in tools %}{{- tool | tojson }}{%- if not loop.last %}{{- ', ' }}{%- endif %}\
+{%- endfor %}{{- '][/AVAILABLE_TOOLS]' }}
+{%- endif %}
+{%- if loop.last and system_message is defined %}{{- '[INST]' + system_message + '\\n\\n' + message.content + '[/INST]' }}
+{%- else %}{{- '[INST]' + message.content + '[/INST]' }}{%- endif %}
+{%- elif message.tool_calls is defined and message.tool_calls is not none %}
+{{- '[TOOL_CALLS][' }}
+{%- for tool_call in message.tool_calls %}
+{{- {'name': tool_call.function.name, 'arguments': tool_call.function.arguments, 'id': tool_call.id} | tojson }}
+{%- if not loop.last %}{{- ', ' }}{%- endif %}
+{%- endfor %}
+{{- ']' + eos_token }}
+{%- elif message.role == 'assistant' %}{{- message.content + eos_token }}
+{%- elif message.role == 'tool' %}
+{{- '[TOOL_RESULTS]{"content": ' + message.content | tojson + ', "call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+{%- endif %}
+{%- endfor %}
+"""
+
+TOOL_KINDS: dict[str, Kind] = {
+    kind.kind: kind
+    for kind in (
+        Kind(
+            kind="qwen25",
+            general_name="Tiny Qwen2.5 Tools",
+            architecture="qwen2",
+            pre_tokenizer="qwen2",
+            special_tokens=(*CHATML_SPECIALS, "<tool_call>", "</tool_call>"),
+            bos="<|endoftext|>",
+            eos="<|im_end|>",
+            add_bos=False,
+            chat_template=QWEN25_TEMPLATE,
+            rope_freq_base=1000000.0,
+            rms_eps=1e-6,
+        ),
+        Kind(
+            kind="llama31",
+            general_name="Tiny Llama 3.1 Tools",
+            architecture="llama",
+            pre_tokenizer="llama-bpe",
+            special_tokens=(*LLAMA3_SPECIALS, "<|python_tag|>"),
+            bos="<|begin_of_text|>",
+            eos="<|eot_id|>",
+            add_bos=True,
+            chat_template=LLAMA31_TEMPLATE,
+            rope_freq_base=500000.0,
+            rms_eps=1e-5,
+        ),
+        Kind(
+            kind="mistral",
+            general_name="Tiny Mistral Tools",
+            architecture="llama",
+            pre_tokenizer="gpt-2",
+            special_tokens=(
+                "<s>",
+                "</s>",
+                "[INST]",
+                "[/INST]",
+                "[TOOL_CALLS]",
+                "[AVAILABLE_TOOLS]",
+                "[/AVAILABLE_TOOLS]",
+                "[TOOL_RESULTS]",
+                "[/TOOL_RESULTS]",
+            ),
+            bos="<s>",
+            eos="</s>",
+            add_bos=False,
+            chat_template=MISTRAL_TEMPLATE,
+            rope_freq_base=1000000.0,
+            rms_eps=1e-5,
+        ),
+    )
+}
+# The call format the server must detect in each tool kind's template (GET /props).
+TOOL_FORMATS = {"qwen25": "hermes", "llama31": "llama3", "mistral": "mistral"}
+_ALL_KINDS = {**KINDS, **TOOL_KINDS}
+
 CHAT_TEMPLATES: dict[str, str] = {
     name: kind.chat_template for name, kind in KINDS.items() if kind.chat_template is not None
 }
@@ -268,7 +422,7 @@ def _merge(word: tuple[str, ...], pair: tuple[str, str], merged: str) -> tuple[s
 def vocabulary(kind: str) -> list[str]:
     """The kind's token texts by id: bytes, merges, then its special tokens."""
     tokens, _ = _bpe()
-    return [*tokens, *KINDS[kind].special_tokens]
+    return [*tokens, *_ALL_KINDS[kind].special_tokens]
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -339,7 +493,7 @@ def write_model(path: Path, kind: str) -> Path:
     The file is written next to `path` and renamed over it, so readers never see half a file;
     an existing file with the same bytes is left as it is.
     """
-    spec = KINDS[kind]
+    spec = _ALL_KINDS[kind]
     tokens = vocabulary(kind)
     _, merges = _bpe()
     token_types = [gguf.TokenType.NORMAL] * (len(tokens) - len(spec.special_tokens)) + [
@@ -392,6 +546,6 @@ def write_model(path: Path, kind: str) -> Path:
     return path
 
 
-def write_models(directory: Path) -> dict[str, Path]:
-    """Every kind's model in `directory`, by kind."""
-    return {kind: write_model(directory / spec.file_name, kind) for kind, spec in KINDS.items()}
+def write_models(directory: Path, kinds: Mapping[str, Kind] = KINDS) -> dict[str, Path]:
+    """Every kind's model (of `kinds`: KINDS or TOOL_KINDS) in `directory`, by kind."""
+    return {kind: write_model(directory / spec.file_name, kind) for kind, spec in kinds.items()}

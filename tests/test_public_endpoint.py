@@ -417,9 +417,15 @@ def load(
     service: Service, body: dict[str, Any], total: int = 200, concurrency: int = 8
 ) -> list[httpx.Response]:
     def one(_: int) -> httpx.Response:
-        return httpx.post(
+        response = httpx.post(
             service.url + "/v1/chat/completions", json=body, headers=service.headers, timeout=120
         )
+        if response.status_code in (429, 503):
+            # An impatient client that still reads Retry-After: it comes back sooner than told,
+            # but does not spin. A spinning client on this 2-core machine takes the CPU the
+            # server's llama.cpp threads need, which measures the machine rather than the server.
+            time.sleep(min(float(response.headers.get("Retry-After", "1")), 0.25))
+        return response
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, range(total)))

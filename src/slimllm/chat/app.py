@@ -2,7 +2,8 @@
 
 Routes: the page (`/`, `/static/...`), a status page (`/status`), `GET /api/models`,
 `POST /api/chat/stream` (one SSE stream carrying several models' answers), an OpenAI-compatible
-gateway (`GET /v1/models`, `POST /v1/chat/completions`, where `model` picks the backend),
+gateway (`GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/embeddings`, where `model`
+picks the backend),
 `GET /health` and shields.io endpoint badges (`GET /api/badge/{model}`).
 
 Model output reaches the browser only as JSON strings in SSE events; the page turns them into DOM
@@ -120,7 +121,9 @@ def create_app(
     rate = RateLimiter(guard.rate_limit)
     login_rate = RateLimiter(guard.login_rate_limit)
     streams = ConcurrencyLimiter(guard.max_streams_per_client)
-    chat_request, stream_request = request_models(guard.max_tokens_limit, list(registry.models))
+    chat_request, stream_request, embedding_request = request_models(
+        guard.max_tokens_limit, list(registry.models)
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -189,7 +192,7 @@ def create_app(
 
     def forwarded(req: GatewaySampling, exclude: set[str]) -> dict[str, Any]:
         """What goes to a backend: the validated parameters, max_tokens at most the limit."""
-        out = req.model_dump(exclude_none=True, exclude=exclude)
+        out = req.model_dump(exclude_none=True, exclude=exclude, by_alias=True)
         if "max_tokens" not in out and "max_completion_tokens" not in out:
             out["max_tokens"] = guard.max_tokens_limit
         return out
@@ -239,9 +242,11 @@ def create_app(
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def open_upstream(model: Model, body: dict[str, Any]) -> Upstream | Response:
+    async def open_upstream(
+        model: Model, body: dict[str, Any], path: str = "/v1/chat/completions"
+    ) -> Upstream | Response:
         try:
-            return await registry.connect(model, "/v1/chat/completions", body)
+            return await registry.connect(model, path, body)
         except NoInstance as exc:
             raise ApiError(
                 503,
@@ -262,9 +267,26 @@ def create_app(
         except httpx.HTTPError as exc:
             raise ApiError(502, f"'{model.name}' failed: {describe(exc)}", kind="upstream_error") from None
 
-    async def whole_answer(model: Model, body: dict[str, Any]) -> Response:
-        upstream = await open_upstream(model, body)
+    async def whole_answer(
+        model: Model, body: dict[str, Any], path: str = "/v1/chat/completions"
+    ) -> Response:
+        upstream = await open_upstream(model, body, path)
         return upstream if isinstance(upstream, Response) else await whole_upstream(upstream, model)
+
+    async def openai_embeddings(request: Request) -> Response:
+        rate.check(client_of(request))
+        body = await json_body(request)
+        if body.get("model") is None:
+            raise ApiError(
+                400,
+                f"'model' is required; this service offers: {', '.join(registry.models)}",
+                param="model",
+                code="missing_model",
+            )
+        req = validated(body, embedding_request)
+        model = model_or_404(req.model, "model")
+        upstream_body = req.model_dump(exclude_none=True, exclude={"model", "user"})
+        return await until_disconnect(request.receive, whole_answer(model, upstream_body, "/v1/embeddings"))
 
     async def openai_chat(request: Request) -> Response:
         client = client_of(request)
@@ -361,7 +383,7 @@ def create_app(
         title="slimllm chat",
         version=__version__,
         description="The chat page, its streaming API and an OpenAI-compatible gateway.",
-        operations=operations(chat_request, stream_request),
+        operations=operations(chat_request, stream_request, embedding_request),
         security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
     )
 
@@ -374,6 +396,7 @@ def create_app(
         Route("/api/chat/stream", chat_stream, methods=["POST"]),
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),

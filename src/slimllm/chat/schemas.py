@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
 
-from slimllm.inference.schemas import INT32, Message, StreamOptions
+from slimllm.inference.schemas import (
+    INT32,
+    ChatFields,
+    EmbeddingRequest,
+    ResponseFormat,
+    StreamOptions,
+)
 from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
 
 # Server-side knobs of llama-server (and this project's inference server) that a public gateway
@@ -39,7 +45,7 @@ SERVER_ONLY = frozenset(
         "timings_per_token",
     }
 )
-UNSUPPORTED = frozenset({"n", "tools", "functions", "logprobs", "top_logprobs"})
+UNSUPPORTED = frozenset({"n", "functions", "dimensions"})
 MAX_MODELS = 8
 
 # JSON Schema for "none of these keys": schemathesis's negative cases include them.
@@ -62,17 +68,21 @@ class GatewaySampling(Body):
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
 
 
-class ChatCompletionRequestBase(GatewaySampling):
+class ChatCompletionRequestBase(ChatFields, GatewaySampling):
+    """The inference server's chat request (messages, tools, logprobs, response_format), less
+    its server-side knobs."""
+
     model: str = Field(description="The name of a configured model (GET /v1/models).")
-    messages: list[Message] = Field(min_length=1)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1)
-    tools: list[Any] | None = Field(None, max_length=0)
-    functions: list[Any] | None = Field(None, max_length=0)
-    logprobs: Literal[False] | None = None
-    top_logprobs: Literal[0] | None = None
+    response_format: ResponseFormat | None = None
     user: str | None = Field(None, description="Accepted and not forwarded.")
+
+
+class GatewayEmbeddingRequest(EmbeddingRequest):
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_NO_SERVER_KNOBS)
+    model: str = Field(description="The name of a configured model (GET /v1/models).")
 
 
 class ChatMessage(Body):
@@ -92,9 +102,9 @@ class StreamRequestBase(GatewaySampling):
 
 def request_models(
     max_tokens_limit: int, names: list[str]
-) -> tuple[type[GatewaySampling], type[GatewaySampling]]:
-    """(gateway chat request, stream request) with `max_tokens` bounded by the gateway's limit and
-    the configured model names listed (another name gets 404 model_not_found)."""
+) -> tuple[type[GatewaySampling], type[GatewaySampling], type[GatewayEmbeddingRequest]]:
+    """(gateway chat request, stream request, embedding request) with `max_tokens` bounded by the
+    gateway's limit and the configured model names listed (another name gets 404 model_not_found)."""
     bound = Field(
         None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit} (default: that limit)."
     )
@@ -118,7 +128,12 @@ def request_models(
             ),
         ),
     )
-    return chat, stream
+    embedding: type[GatewayEmbeddingRequest] = create_model(
+        "EmbeddingRequest",
+        __base__=GatewayEmbeddingRequest,
+        model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
+    )
+    return chat, stream, embedding
 
 
 class LoginForm(Body):
@@ -209,7 +224,11 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
 HTML = "text/html"
 
 
-def operations(chat_request: type[GatewaySampling], stream_request: type[GatewaySampling]) -> list[Operation]:
+def operations(
+    chat_request: type[GatewaySampling],
+    stream_request: type[GatewaySampling],
+    embedding_request: type[GatewayEmbeddingRequest],
+) -> list[Operation]:
     model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
     path_param = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
     return [
@@ -295,6 +314,16 @@ def operations(chat_request: type[GatewaySampling], stream_request: type[Gateway
                 **_errors(400, 401, 404, 413, 429, 502, 503, 504),
             },
             request=chat_request,
+        ),
+        Operation(
+            "/v1/embeddings",
+            "POST",
+            "OpenAI embeddings through the gateway (`model` picks the backend; it must serve them)",
+            {
+                200: Reply("The backend's answer", OpenShape),
+                **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+            },
+            request=embedding_request,
         ),
         Operation(
             "/openapi.json",

@@ -8,10 +8,13 @@ counters, so they answer at once while a generation runs.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import hmac
 import json
 import logging
 import math
+import struct
 import threading
 import time
 import uuid
@@ -36,8 +39,9 @@ from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
 from slimllm.clitypes import MAX_BODY_BYTES
-from slimllm.inference.chat_templates import TemplateError
-from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull
+from slimllm.inference import tools as toolcalls
+from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
+from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, TokenLogprob
 from slimllm.inference.engine import Sampling as EngineSampling
 from slimllm.inference.mailbox import Mailbox
 from slimllm.inference.schemas import (
@@ -46,12 +50,17 @@ from slimllm.inference.schemas import (
     ApplyTemplateRequest,
     ChatCompletionRequestBase,
     CompletionRequestBase,
+    EmbeddingRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
     Message,
+    NamedToolChoice,
     Sampling,
     TokenizeRequest,
     operations,
     request_models,
 )
+from slimllm.inference.structured import SchemaError, json_object_grammar, schema_grammar
 from slimllm.limits import BodyLimit, Disconnected, until_disconnect
 from slimllm.model import ModelError
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
@@ -87,6 +96,7 @@ class ServerState:
         self.token_bytes = 1  # the longest token's text in bytes (token_bytes_bound), set at load
         # Rendering and tokenizing happen in worker threads, a few at a time.
         self.text_limiter = anyio.CapacityLimiter(4)
+        self.embed_limiter = anyio.CapacityLimiter(1)
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -126,8 +136,8 @@ def _stops(req: Sampling) -> list[str]:
     return [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
 
-def _messages(messages: list[Message]) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for message in messages:
         content = message.content
         text = (
@@ -137,8 +147,98 @@ def _messages(messages: list[Message]) -> list[dict[str, str]]:
             if isinstance(content, str)
             else "".join(p.text for p in content)
         )
-        out.append({"role": "system" if message.role == "developer" else message.role, "content": text})
+        plain: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": text,
+        }
+        if message.tool_calls:
+            plain["tool_calls"] = [c.model_dump() for c in message.tool_calls]
+        if message.tool_call_id is not None:
+            plain["tool_call_id"] = message.tool_call_id
+        if message.name is not None:
+            plain["name"] = message.name
+        out.append(plain)
     return out
+
+
+@dataclass
+class Output:
+    """What a request asks of the output, beyond sampling."""
+
+    grammar: str | None = None  # GBNF the text must follow
+    tools: list[dict[str, Any]] | None = None  # described to the model
+    tool_format: str | None = None  # read calls out of the answer, written this way
+    logprobs: int | None = None  # None: off; n: each token's logprob and its n best rivals
+
+
+def _format_grammar(req: Sampling) -> str | None:
+    fmt = req.response_format
+    if isinstance(fmt, JsonObjectFormat):
+        return json_object_grammar()
+    if isinstance(fmt, JsonSchemaFormat):
+        try:
+            return schema_grammar(fmt.json_schema.schema_)
+        except SchemaError as exc:
+            raise ApiError(
+                400, str(exc), param="response_format.json_schema.schema", code="unsupported"
+            ) from None
+    return None
+
+
+def _plan(req: Sampling, tool_format: str) -> Output:
+    out = Output(grammar=_format_grammar(req))
+    if isinstance(req, CompletionRequestBase):
+        out.logprobs = req.logprobs
+        return out
+    assert isinstance(req, ChatCompletionRequestBase)
+    if req.logprobs:
+        out.logprobs = req.top_logprobs or 0
+    elif req.top_logprobs:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none", "auto"):
+            raise ApiError(400, "'tool_choice' names a tool but 'tools' is empty", param="tool_choice")
+        return out
+    if choice == "none":
+        return out
+    out.tools = [t.model_dump(exclude_none=True) for t in req.tools]
+    out.tool_format = tool_format
+    forced = out.tools
+    if isinstance(choice, NamedToolChoice):
+        forced = [t for t in out.tools if t["function"]["name"] == choice.function.name]
+        if not forced:
+            raise ApiError(
+                400,
+                f"tool_choice names '{choice.function.name}', which is not in 'tools'",
+                param="tool_choice",
+            )
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        # As llama-server: one forced call unless several are asked for (a small model told it
+        # may go on calling tends to repeat its call until max_tokens).
+        parallel = bool(req.parallel_tool_calls) and not isinstance(choice, NamedToolChoice)
+        try:
+            out.grammar = toolcalls.call_grammar(forced, tool_format, parallel=parallel)
+        except SchemaError as exc:
+            raise ApiError(400, f"a tool's parameters: {exc}", param="tools", code="unsupported") from None
+    return out
+
+
+def _for_template(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_format: str, jinja: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(messages, tools) as the chat template takes them; a template that knows no tools gets
+    them described in the system message."""
+    if jinja and tool_format != toolcalls.GENERIC:
+        return toolcalls.history_for_template(messages), tools
+    plain: list[dict[str, Any]] = list(toolcalls.history_as_text(messages))
+    if tools:
+        described = toolcalls.generic_system_prompt(tools)
+        if plain and plain[0]["role"] == "system":
+            plain[0] = {"role": "system", "content": plain[0]["content"] + "\n\n" + described}
+        else:
+            plain.insert(0, {"role": "system", "content": described})
+    return plain, None
 
 
 def token_bytes_bound(engine: Engine) -> int:
@@ -272,7 +372,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         return int(requested)
 
     def submit(
-        engine: Engine, prompt: list[int], max_tokens: int, req: Sampling
+        engine: Engine, prompt: list[int], max_tokens: int, req: Sampling, output: Output
     ) -> tuple[Job, asyncio.Queue[Event]]:
         mailbox = state.mailbox
         assert mailbox is not None  # the lifespan makes it before the first request
@@ -287,6 +387,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
             sampling=_sampling(req),
             stop=_stops(req),
             emit=emit,
+            grammar=output.grammar,
+            logprobs=output.logprobs,
+            cache_prompt=req.cache_prompt is not False,
         )
         try:
             engine.submit(job)
@@ -310,10 +413,28 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 400, "the text is not valid Unicode (it has a lone surrogate)", code="invalid_value"
             ) from None
 
-    async def chat_prompt(engine: Engine, messages: list[Message]) -> list[int]:
+    def template_input(
+        engine: Engine, messages: list[Message], tools: list[dict[str, Any]] | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         plain = _messages(messages)
-        check_length(engine, sum(len(m["content"]) for m in plain), "messages")
-        return await off_loop(lambda: engine.chat_tokens(render(engine, plain)))
+        size = sum(len(m["content"]) for m in plain) + len(json.dumps(tools) if tools else "")
+        check_length(engine, size, "messages")
+        return _for_template(plain, tools, engine.tool_format, isinstance(engine.chat, JinjaChatTemplate))
+
+    async def chat_prompt(
+        engine: Engine, messages: list[Message], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        plain, shown = template_input(engine, messages, tools)
+        return await off_loop(lambda: engine.chat_tokens(render(engine, plain, shown)))
+
+    def planned(engine: Engine, req: Sampling) -> Output:
+        output = _plan(req, engine.tool_format)
+        if output.grammar:
+            try:
+                engine.check_grammar(output.grammar)
+            except EngineError as exc:
+                raise ApiError(400, str(exc), param="response_format", code="invalid_value") from None
+        return output
 
     async def completion_prompt(engine: Engine, prompt: str | list[str] | list[int]) -> list[int]:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
@@ -339,15 +460,16 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         check_model(req.model, engine)
         stream = bool(req.stream)
         include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
+        output = await off_loop(lambda: planned(engine, req))
         if isinstance(req, ChatCompletionRequestBase):
-            prompt = await chat_prompt(engine, req.messages)
+            prompt = await chat_prompt(engine, req.messages, output.tools)
             max_tokens = budget(engine, prompt, req, settings.max_tokens_limit)
         else:
             assert isinstance(req, CompletionRequestBase)
             prompt = await completion_prompt(engine, req.prompt)
             max_tokens = budget(engine, prompt, req, min(16, settings.max_tokens_limit))
-        job, events = submit(engine, prompt, max_tokens, req)
-        reply = _Reply(chat=chat, model=settings.model_id)
+        job, events = submit(engine, prompt, max_tokens, req, output)
+        reply = _Reply(chat=chat, model=settings.model_id, tool_format=output.tool_format)
         if stream:
             return EventSourceResponse(
                 _stream(reply, job, events, settings.request_timeout, include_usage),
@@ -359,9 +481,11 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def chat_completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=True)
 
-    def render(engine: Engine, messages: list[dict[str, str]]) -> str:
+    def render(
+        engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
         try:
-            return engine.chat.render(messages)
+            return engine.chat.render(messages, tools)
         except TemplateError as exc:
             raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
 
@@ -380,6 +504,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 "eos_token": engine.eos_token,
                 "total_slots": engine.slots_count,
                 "n_ctx": engine.ctx_per_slot,
+                "tool_call_format": engine.tool_format,
+                "embeddings": engine.embeddings,
+                "pooling": engine.pooling_name,
                 "build_info": f"slimllm {__version__}",
             }
         )
@@ -388,8 +515,76 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         """The prompt text a chat request's messages become (llama-server's /apply-template)."""
         engine = state.require_engine()
         req = parse(ApplyTemplateRequest, await json_body(request))
-        plain = _messages(req.messages)
-        return JSONResponse({"prompt": await off_loop(lambda: render(engine, plain))})
+        tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+        plain, shown = template_input(engine, req.messages, tools)
+        return JSONResponse({"prompt": await off_loop(lambda: render(engine, plain, shown))})
+
+    async def embeddings(request: Request) -> Response:
+        """Pooled, L2-normalised embeddings (OpenAI's /v1/embeddings)."""
+        engine = state.require_engine()
+        req = parse(EmbeddingRequest, await json_body(request), unsupported=UNSUPPORTED)
+        check_model(req.model, engine)
+        if not engine.embeddings:
+            raise ApiError(
+                501,
+                "this server does not serve embeddings; start it with --embeddings (SLIMLLM_EMBEDDINGS=1)",
+                code="not_implemented",
+                kind="not_implemented_error",
+            )
+        if req.dimensions is not None and req.dimensions != engine.n_embd:
+            raise ApiError(
+                400,
+                f"this model's embeddings have {engine.n_embd} dimensions; 'dimensions' cannot change that",
+                param="dimensions",
+                code="unsupported",
+            )
+        raw: Any = req.input
+        inputs: list[str | list[int]] = (
+            [raw] if isinstance(raw, str) else [raw] if isinstance(raw[0], int) else list(raw)
+        )
+        batches: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                check_length(engine, len(item), f"input[{i}]")
+                tokens = await off_loop(functools.partial(engine.completion_prompt, item))
+            else:
+                tokens = [int(t) for t in item]
+                if any(t >= engine.n_vocab for t in tokens):
+                    raise ApiError(
+                        400, f"token ids must be between 0 and {engine.n_vocab - 1}", param=f"input[{i}]"
+                    )
+            if not 0 < len(tokens) <= engine.batch_size:
+                raise ApiError(
+                    400,
+                    f"input {i} is {len(tokens)} tokens; an input must be 1 to {engine.batch_size} "
+                    "tokens (the server's --batch-size)",
+                    param="input",
+                    code="context_length_exceeded" if tokens else "invalid_value",
+                )
+            batches.append(tokens)
+        data = []
+        for i, tokens in enumerate(batches):
+            try:
+                vector = await anyio.to_thread.run_sync(
+                    functools.partial(engine.embed, tokens), limiter=state.embed_limiter
+                )
+            except EngineError as exc:
+                raise ApiError(500, str(exc), kind="server_error") from None
+            encoded: list[float] | str = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                if req.encoding_format == "base64"
+                else vector
+            )
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        used = sum(len(t) for t in batches)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": settings.model_id,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+            }
+        )
 
     async def tokenize(request: Request) -> Response:
         """Token ids of a text; special tokens' text is parsed as those tokens (llama-server's /tokenize)."""
@@ -419,6 +614,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         "/v1/models": models,
         "/v1/chat/completions": chat_completions,
         "/v1/completions": completions,
+        "/v1/embeddings": embeddings,
         "/props": props,
         "/apply-template": apply_template,
         "/tokenize": tokenize,
@@ -445,6 +641,7 @@ _ROUTES = _OPEN_ROUTES | {
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
     "/props",
     "/apply-template",
     "/tokenize",
@@ -519,24 +716,36 @@ def _model_card(model_id: str, engine: Engine, created: float) -> dict[str, Any]
             "chat_template": engine.chat.description,
             "name": engine.general_name,
             "architecture": engine.architecture,
+            "n_embd": engine.n_embd,
+            "embeddings": engine.embeddings,
         },
     }
+
+
+# JSON has no -Infinity: a token the model all but rules out gets this floor instead.
+LOGPROB_FLOOR = -9999.0
+
+
+def _logprob(value: float) -> float:
+    return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR  # NaN compares false: the floor too
 
 
 class _Reply:
     """Shapes chat and text completion responses and stream chunks."""
 
-    def __init__(self, *, chat: bool, model: str) -> None:
-        self.chat, self.model = chat, model
+    def __init__(self, *, chat: bool, model: str, tool_format: str | None = None) -> None:
+        self.chat, self.model, self.tool_format = chat, model, tool_format
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.text_offset = 0  # completions' logprobs: where the next token starts in the text
 
     @staticmethod
-    def usage(done: Finished) -> dict[str, int]:
+    def usage(done: Finished) -> dict[str, Any]:
         return {
             "prompt_tokens": done.prompt_tokens,
             "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
         }
 
     def _envelope(self, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
@@ -549,26 +758,79 @@ class _Reply:
             "choices": choices,
         }
 
-    def full(self, text: str, done: Finished) -> dict[str, Any]:
+    def logprobs(self, tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if tokens is None:
+            return None
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": done.reason,
+            return {
+                "content": [
+                    {
+                        "token": t.token.text,
+                        "logprob": _logprob(t.token.logprob),
+                        "bytes": list(t.token.raw),
+                        "top_logprobs": [
+                            {"token": a.text, "logprob": _logprob(a.logprob), "bytes": list(a.raw)}
+                            for a in t.top
+                        ],
+                    }
+                    for t in tokens
+                ],
+                "refusal": None,
             }
+        offsets = []
+        for t in tokens:
+            offsets.append(self.text_offset)
+            self.text_offset += len(t.token.text)
+        return {
+            "tokens": [t.token.text for t in tokens],
+            "token_logprobs": [_logprob(t.token.logprob) for t in tokens],
+            "top_logprobs": [{a.text: _logprob(a.logprob) for a in t.top} for t in tokens],
+            "text_offset": offsets,
+        }
+
+    def full(self, text: str, tokens: list[TokenLogprob] | None, done: Finished) -> dict[str, Any]:
+        logprobs = self.logprobs(tokens)
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            reason = done.reason
+            if self.tool_format:
+                content, calls = toolcalls.parse(text, self.tool_format)
+                if calls:
+                    message = {
+                        "role": "assistant",
+                        "content": content,
+                        "tool_calls": [c.openai() for c in calls],
+                    }
+                    reason = "tool_calls"
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done.reason}
         return {**self._envelope([choice], chunk=False), "usage": self.usage(done)}
 
-    def chunk(self, text: str | None, finish: str | None = None, *, role: bool = False) -> dict[str, Any]:
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None = None,
+        *,
+        role: bool = False,
+        tokens: list[TokenLogprob] | None = None,
+        calls: list[toolcalls.ToolCall] | None = None,
+    ) -> dict[str, Any]:
+        logprobs = self.logprobs(tokens) if tokens else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if calls:
+                delta["tool_calls"] = [c.openai(i) for i, c in enumerate(calls)]
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return self._envelope([choice], chunk=True)
 
 
@@ -583,9 +845,10 @@ async def _next_event(events: asyncio.Queue[Event], deadline: float) -> Event | 
         return ("idle", None)
 
 
-async def _gather(reply: _Reply, events: asyncio.Queue[Event], timeout: float) -> Response:
+async def _gather(reply: _Reply, job: Job, events: asyncio.Queue[Event], timeout: float) -> Response:
     deadline = time.monotonic() + timeout
     parts: list[str] = []
+    tokens: list[TokenLogprob] | None = [] if job.logprobs is not None else None
     while True:
         event = await _next_event(events, deadline)
         if event is None:
@@ -598,8 +861,11 @@ async def _gather(reply: _Reply, events: asyncio.Queue[Event], timeout: float) -
         kind, value = event
         if kind == "text":
             parts.append(value)
+        elif kind == "token" and tokens is not None:
+            tokens.append(value)
         elif kind == "done":
-            return JSONResponse(reply.full("".join(parts), value), headers={"X-Request-Id": reply.id})
+            body = reply.full("".join(parts), tokens, value)
+            return JSONResponse(body, headers={"X-Request-Id": reply.id})
         elif kind == "error":
             raise ApiError(500, str(value), kind="server_error")
 
@@ -610,7 +876,7 @@ async def _collect(
     """The whole completion as one response. The client's leaving is seen at once (its
     `http.disconnect`), not at the end of the generation, and frees the slot."""
     try:
-        return await until_disconnect(receive, _gather(reply, events, timeout))
+        return await until_disconnect(receive, _gather(reply, job, events, timeout))
     except Disconnected:
         log.info("%s: the client left, generation cancelled", reply.id)
         return Response(status_code=499)
@@ -622,6 +888,9 @@ async def _stream(
     reply: _Reply, job: Job, events: asyncio.Queue[Event], timeout: float, include_usage: bool
 ) -> AsyncIterator[str]:
     deadline = time.monotonic() + timeout
+    # With tools, text that may be a call is held back and sent as tool_calls at the end.
+    splitter = toolcalls.StreamSplitter(reply.tool_format) if reply.chat and reply.tool_format else None
+    pending: list[TokenLogprob] = []  # logprobs of tokens whose text has not been sent yet
     try:
         if reply.chat:
             yield json.dumps(reply.chunk(None, role=True))
@@ -637,10 +906,24 @@ async def _stream(
                 yield json.dumps({"error": error})
                 break
             kind, value = event
-            if kind == "text":
-                yield json.dumps(reply.chunk(value))
+            if kind == "token":
+                pending.append(value)
+            elif kind == "text":
+                text = splitter.feed(value) if splitter else value
+                if text:
+                    yield json.dumps(reply.chunk(text, tokens=pending))
+                    pending = []
             elif kind == "done":
-                final = reply.chunk(None, value.reason)
+                reason = value.reason
+                if splitter:
+                    rest, calls = splitter.finish()
+                    if rest:
+                        yield json.dumps(reply.chunk(rest, tokens=pending))
+                        pending = []
+                    if calls:
+                        yield json.dumps(reply.chunk(None, calls=calls))
+                        reason = "tool_calls"
+                final = reply.chunk(None, reason, tokens=pending)
                 final["usage"] = reply.usage(value)
                 yield json.dumps(final)
                 if include_usage:
@@ -685,6 +968,11 @@ class _EngineCollector(Collector):
 
         yield counter("llamacpp:prompt_tokens", "Number of prompt tokens processed.", stats.prompt_tokens)
         yield counter("llamacpp:prompt_seconds", "Prompt process time", stats.prompt_seconds)
+        yield counter(
+            "slimllm_prompt_tokens_cached",
+            "Prompt tokens not processed because the slot's KV cache already held them (prefix reuse).",
+            stats.prompt_tokens_cached,
+        )
         yield counter(
             "llamacpp:tokens_predicted", "Number of generation tokens processed.", stats.predicted_tokens
         )

@@ -22,7 +22,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-Message = dict[str, str]
+Message = dict[str, Any]
 
 
 class TemplateError(ValueError):
@@ -34,7 +34,7 @@ class ChatRenderer(Protocol):
     # The Jinja source, or the built-in template's name: what `/props` shows as `chat_template`.
     template: str
 
-    def render(self, messages: list[Message]) -> str: ...
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str: ...
 
 
 def builtin_template_names(lib: types.ModuleType) -> list[str]:
@@ -65,10 +65,11 @@ class JinjaChatTemplate:
         self.description = f"Jinja template ({self.origin})"
         self.template = self.source
 
-    def render(self, messages: list[Message]) -> str:
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         try:
             return self._template.render(
                 messages=messages,
+                tools=tools,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 add_generation_prompt=True,
@@ -93,8 +94,9 @@ class BuiltinChatTemplate:
         # Fail at start, not on the first request, if llama.cpp does not know this template.
         self.render([{"role": "user", "content": "hi"}])
 
-    def render(self, messages: list[Message]) -> str:
-        keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        # llama.cpp's built-in templates know no tools: the caller describes them in a message.
+        keep = [(str(m["role"]).encode(), str(m.get("content") or "").encode()) for m in messages]
         chat = (self.lib.llama_chat_message * len(keep))()
         for slot, (role, content) in zip(chat, keep, strict=True):
             slot.role = role

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import math
 import os
 import queue
 import threading
@@ -38,12 +39,16 @@ from slimllm.inference.chat_templates import (
     JinjaChatTemplate,
     builtin_template_names,
 )
+from slimllm.inference.tools import GENERIC, MARKERS, detect
 
 log = logging.getLogger("slimllm.inference")
 
-# What the worker reports to a request, in order: zero or more ("text", str), then exactly one
-# ("done", Finished) or ("error", str).
+# What the worker reports to a request, in order: zero or more ("text", str), each preceded, when
+# the job asks for log probabilities, by the ("token", TokenLogprob) entries of the tokens it
+# holds, then exactly one ("done", Finished) or ("error", str).
 Event = tuple[str, Any]
+# llama.cpp's pooling types, by the names the settings use.
+POOLING = {"mean": 1, "cls": 2, "last": 3}
 
 
 class EngineError(RuntimeError):
@@ -73,6 +78,23 @@ class Finished:
     reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cache the slot already held
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    raw: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log probability under the model (its raw logits, before any sampler),
+    and the `top` most likely tokens at that place."""
+
+    token: Alternative
+    top: list[Alternative]
 
 
 @dataclass
@@ -82,6 +104,9 @@ class Job:
     sampling: Sampling
     stop: list[str]
     emit: Callable[[Event], None]
+    grammar: str | None = None  # GBNF the output must follow (structured outputs, forced tool calls)
+    logprobs: int | None = None  # None: off; n: each token's log probability and its n best rivals
+    cache_prompt: bool = True  # keep the longest prefix the slot's KV cache shares with the prompt
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -100,6 +125,7 @@ class Stats:
     decode_calls: int = 0
     busy_slots_in_decodes: int = 0
     requests_finished: int = 0
+    prompt_tokens_cached: int = 0
 
 
 @dataclass
@@ -115,6 +141,10 @@ class _Slot:
     decoder: Any = None
     prompt_started: float = 0.0
     predict_started: float = 0.0
+    # The tokens whose keys and values the slot's sequence holds, from position 0 on: the last
+    # request's prompt and what it generated. The next request keeps their common prefix.
+    cached: list[int] = field(default_factory=list)
+    reused: int = 0
 
 
 class Engine:
@@ -131,6 +161,8 @@ class Engine:
         chat_template: str | None = None,
         chat_template_origin: str = "file",
         batch_invariant: bool = True,
+        embeddings: bool = False,
+        pooling: str | None = None,
     ) -> None:
         self.model_path = model_path
         self.slots_count = max(1, slots)
@@ -151,12 +183,24 @@ class Engine:
         self._silence_logs()
         self._load(ctx_size)
         self.chat = self._choose_chat_renderer(chat_format, chat_template, chat_template_origin)
+        # How the model writes tool calls, as its template shows; llama.cpp's built-in
+        # templates know no tools, so their models are told the generic format.
+        self.tool_format = detect(self.chat.template) if isinstance(self.chat, JinjaChatTemplate) else GENERIC
+        # Tool-call markers are control tokens in some vocabularies (Mistral's [TOOL_CALLS]);
+        # their text must reach the answer for the call to be read back, as llama-server keeps it.
+        self._preserved = {
+            ids[0] for ids in (self.tokenize(m, add_bos=False) for m in MARKERS) if len(ids) == 1
+        }
         self._slots = [_Slot(i) for i in range(self.slots_count)]
         self._batch = self._lib.llama_batch_init(max(self.batch_size, self.slots_count), 0, self.slots_count)
         self._piece_buf = ctypes.create_string_buffer(256)
         # Events wait here until the next llama_decode is under way; see _deliver.
         self._outbox: list[tuple[Job, Event]] = []
         self._eog: list[int] | None = None
+        self.embeddings = embeddings
+        self._embed_lock = threading.Lock()
+        self._embed_ctx: Any = None
+        self.pooling = self._choose_pooling(pooling) if embeddings else None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -193,9 +237,10 @@ class Engine:
         cparams.n_batch = self.batch_size
         cparams.n_ubatch = min(self.batch_size, 512)
         cparams.n_seq_max = self.slots_count
-        # As llama-server: sliding-window layers (Gemma 3) keep their window, not the whole context.
-        # A full-size window cache only serves prompt-prefix reuse, which this engine does not do;
-        # Gemma 3 270M at 4096 tokens: 27 MB of KV cache per slot instead of 72 MB.
+        # As llama-server: sliding-window layers (Gemma 3) keep their window, not the whole context
+        # (Gemma 3 270M at 4096 tokens: 27 MB of KV cache per slot instead of 72 MB). Prefix reuse
+        # still works while the kept prefix's last window is in the cache (see _reusable): in a
+        # chat, the next turn's prompt goes back only over the last answer.
         cparams.swa_full = False
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
@@ -216,6 +261,8 @@ class Engine:
         self.metadata = self._read_metadata()
         self.n_params = int(lib.llama_model_n_params(self._model))
         self.size_bytes = int(lib.llama_model_size(self._model))
+        self.n_swa = int(lib.llama_model_n_swa(self._model))
+        self.n_embd = int(lib.llama_model_n_embd(self._model))
 
     def _read_metadata(self) -> dict[str, str]:
         lib = self._lib
@@ -360,33 +407,70 @@ class Engine:
             self.busy = False
 
     def _admit(self) -> None:
-        for slot in self._slots:
-            if slot.job is not None:
-                continue
+        while True:
+            free = [slot for slot in self._slots if slot.job is None]
+            if not free:
+                return
             try:
                 job = self._pending.get_nowait()
             except queue.Empty:
                 return
             if job.cancelled.is_set():
                 continue
+            # The slot whose cache shares the longest prefix with the prompt; among equals, the
+            # one holding least, so the others keep what they hold for their conversations.
+            slot = max(free, key=lambda s: (_common_prefix(s.cached, job.prompt), -len(s.cached)))
             self._assign(slot, job)
+
+    def _reusable(self, slot: _Slot, prompt: list[int]) -> int:
+        """How many leading prompt tokens the slot's cache can keep. At least the last prompt
+        token is always decoded again: its logits give the first sampled token."""
+        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        if keep <= 0:
+            return 0
+        if self.n_swa > 0:
+            # A sliding-window cache (swa_full off) holds only the last window of positions:
+            # going back to `keep` needs the window before it, which may have been dropped.
+            oldest = int(self._lib.llama_memory_seq_pos_min(self._memory, slot.index))
+            if oldest > max(0, keep - self.n_swa):
+                return 0
+        return keep
 
     def _assign(self, slot: _Slot, job: Job) -> None:
         lib = self._lib
-        lib.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+        keep = self._reusable(slot, job.prompt) if job.cache_prompt else 0
+        if keep < len(slot.cached) and not lib.llama_memory_seq_rm(self._memory, slot.index, keep, -1):
+            keep = 0  # this memory cannot drop a suffix (recurrent models): start from empty
+        if keep == 0:
+            lib.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+        del slot.cached[keep:]
+        slot.reused = keep
+        self.stats.prompt_tokens_cached += keep
         slot.job = job
-        slot.pending_prompt = list(job.prompt)
-        slot.position = 0
+        slot.pending_prompt = list(job.prompt[keep:])
+        slot.position = keep
         slot.generated = 0
         slot.last_token = -1
-        slot.sampler = self._make_sampler(job.sampling)
+        slot.sampler = self._make_sampler(job.sampling, job.grammar)
         slot.text = _StopScanner(job.stop)
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.prompt_started = time.monotonic()
 
-    def _make_sampler(self, s: Sampling) -> Any:
+    def check_grammar(self, grammar: str) -> None:
+        """Raise EngineError when llama.cpp cannot parse the grammar (called before queueing)."""
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise EngineError("llama.cpp cannot parse the grammar")
+        self._lib.llama_sampler_free(sampler)
+
+    def _make_sampler(self, s: Sampling, grammar: str | None = None) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if grammar:
+            # First, so every sampler after it only sees tokens the grammar allows.
+            lib.llama_sampler_chain_add(
+                chain, lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            )
         if s.ignore_eos:
             # As llama-server does: a -inf bias on every end-of-generation token.
             eog = self._eog_tokens()
@@ -444,11 +528,13 @@ class Engine:
                     self._batch_add(n, token, slot.position, slot.index, last and i == len(take) - 1)
                     slot.position += 1
                     n += 1
+                slot.cached.extend(take)
                 prompt_tokens_in_batch += len(take)
                 if last:
                     sample_at.append((slot, n - 1))
             elif n < budget:
                 self._batch_add(n, slot.last_token, slot.position, slot.index, True)
+                slot.cached.append(slot.last_token)
                 slot.position += 1
                 sample_at.append((slot, n))
                 n += 1
@@ -462,6 +548,8 @@ class Engine:
         self.stats.decode_calls += 1
         self.stats.busy_slots_in_decodes += self.active
         if rc != 0:
+            for slot in self._slots:
+                slot.cached.clear()  # what the failed batch left in the cache is unknown
             for slot, _ in sample_at:
                 self._fail(slot, f"llama_decode failed (code {rc})")
             return
@@ -508,7 +596,9 @@ class Engine:
         slot.generated += 1
         self.stats.predicted_tokens += 1
         slot.last_token = token
-        piece = self._piece(token)
+        piece = self._piece(token, special=token in self._preserved)
+        if job.logprobs is not None:
+            self._outbox.append((job, ("token", self._logprob(index, token, piece, job.logprobs))))
         delta, stopped = slot.text.feed(slot.decoder.decode(piece))
         if delta:
             self._outbox.append((job, ("text", delta)))
@@ -517,12 +607,107 @@ class Engine:
         elif slot.generated >= job.max_tokens or slot.position >= self.ctx_per_slot:
             self._finish(slot, "length")
 
-    def _piece(self, token: int) -> bytes:
+    def _logprob(self, index: int, token: int, piece: bytes, top: int) -> TokenLogprob:
+        """Log-softmax of the raw logits at batch row `index`, for `token` and the `top` best."""
+        pointer = self._lib.llama_get_logits_ith(self._ctx, index)
+        logits = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(pointer.contents))
+        best = max(logits)
+        # Shifted by the maximum so no exp overflows; the sum runs in C through map.
+        log_total = best + math.log(sum(map(math.exp, map(best.__rsub__, logits))) or 1.0)
+
+        def alternative(t: int, raw: bytes | None = None) -> Alternative:
+            raw = self._piece(t) if raw is None else raw
+            return Alternative(raw.decode("utf-8", errors="replace"), raw, logits[t] - log_total)
+
+        rivals: list[Alternative] = []
+        if top > 0:
+            # Only tokens near the best can be among the top few: scan once with a margin,
+            # widen if too few pass.
+            margin = 8.0
+            while True:
+                near = [t for t, v in enumerate(logits) if v >= best - margin]
+                if len(near) >= top or margin > 1e30:
+                    break
+                margin *= 4
+            near.sort(key=lambda t: logits[t], reverse=True)
+            rivals = [alternative(t) for t in near[:top]]
+        return TokenLogprob(alternative(token, piece), rivals)
+
+    # -- embeddings --------------------------------------------------------------------------
+
+    def _choose_pooling(self, pooling: str | None) -> int:
+        if pooling:
+            if pooling not in POOLING:
+                raise EngineError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLING)}")
+            return POOLING[pooling]
+        own = self.metadata.get(f"{self.architecture}.pooling_type")
+        if own is not None and own.isdigit() and int(own) in POOLING.values():
+            return int(own)
+        return POOLING["mean"]  # a generative model has none of its own; mean is llama-server's advice
+
+    @property
+    def pooling_name(self) -> str | None:
+        return next((k for k, v in POOLING.items() if v == self.pooling), None)
+
+    def _embedding_context(self) -> Any:
+        if self._embed_ctx is None:
+            lib = self._lib
+            cparams = lib.llama_context_default_params()
+            # A pooled embedding needs the whole input in one micro-batch.
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = self.batch_size
+            cparams.n_seq_max = 1
+            cparams.embeddings = True
+            cparams.pooling_type = self.pooling
+            cparams.n_threads = cparams.n_threads_batch = self.threads
+            cparams.no_perf = True
+            ctx = lib.llama_init_from_model(self._model, cparams)
+            if not ctx:
+                raise EngineError(f"llama.cpp cannot create an embeddings context for {self.model_path}")
+            self._embed_ctx = ctx
+        return self._embed_ctx
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        """The pooled, L2-normalised embedding of one input. Runs on the caller's thread, one
+        input at a time, in a context of its own next to the generation worker's."""
+        if not self.embeddings or self.pooling is None:
+            raise EngineError("embeddings are off (start the server with --embeddings)")
+        if not tokens or len(tokens) > self.batch_size:
+            raise ValueError(
+                f"an input must be 1 to {self.batch_size} tokens (--batch-size), not {len(tokens)}"
+            )
+        lib = self._lib
+        with self._embed_lock:
+            ctx = self._embedding_context()
+            batch = lib.llama_batch_init(len(tokens), 0, 1)
+            try:
+                for i, token in enumerate(tokens):
+                    batch.token[i] = token
+                    batch.pos[i] = i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = True
+                batch.n_tokens = len(tokens)
+                memory = lib.llama_get_memory(ctx)
+                lib.llama_memory_clear(memory, True)
+                run = lib.llama_encode if lib.llama_model_has_encoder(self._model) else lib.llama_decode
+                rc = run(ctx, batch)
+                if rc != 0:
+                    raise EngineError(f"llama.cpp could not embed the input (code {rc})")
+                pointer = lib.llama_get_embeddings_seq(ctx, 0)
+                if not pointer:
+                    raise EngineError("llama.cpp returned no pooled embedding")
+                vector = list((ctypes.c_float * self.n_embd).from_address(ctypes.addressof(pointer.contents)))
+            finally:
+                lib.llama_batch_free(batch)
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    def _piece(self, token: int, *, special: bool = False) -> bytes:
         buf = self._piece_buf
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
             big = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, False)
+            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, special)
             return big.raw[:n]
         return buf.raw[:n]
 
@@ -533,7 +718,7 @@ class Engine:
             tail = slot.text.flush(slot.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":
                 self._outbox.append((job, ("text", tail)))
-        self._outbox.append((job, ("done", Finished(reason, len(job.prompt), slot.generated))))
+        self._outbox.append((job, ("done", Finished(reason, len(job.prompt), slot.generated, slot.reused))))
         self.stats.requests_finished += 1
         self._release(slot)
 
@@ -543,9 +728,9 @@ class Engine:
         self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
+        # The slot's KV cache stays: the next request placed here keeps the prefix it shares.
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
-        self._lib.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
         slot.job = None
         slot.sampler = None
         slot.pending_prompt = []
@@ -554,8 +739,18 @@ class Engine:
         self.stop()
         lib = self._lib
         lib.llama_batch_free(self._batch)
+        if self._embed_ctx is not None:
+            lib.llama_free(self._embed_ctx)
         lib.llama_free(self._ctx)
         lib.llama_model_free(self._model)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class _StopScanner:

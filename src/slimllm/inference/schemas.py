@@ -2,8 +2,9 @@
 
 The request models are what the routes accept (validated by `slimllm.openapi.parse`); fields
 that OpenAI defines but this server does not implement are accepted only with their neutral value
-(`n` 1, `tools` empty, `logprobs` false, ...). Unknown keys are ignored, as OpenAI clients send
-many. The `max_tokens` bound is the server's `--max-tokens-limit`, so the models are made per app.
+(`n` 1, `echo` false, ...). Unknown keys are ignored, as OpenAI clients send many. The
+`max_tokens` bound is the server's `--max-tokens-limit`, so the models are made per app. The
+chat gateway builds its requests from the same parts, so both accept the same shapes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pydantic import Field, create_model
 from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
-FinishReason = Literal["stop", "length", "cancelled"]
-UNSUPPORTED = frozenset({"n", "tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "best_of"})
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+UNSUPPORTED = frozenset({"n", "functions", "echo", "suffix", "best_of", "dimensions"})
 INT32 = 2**31 - 1
+MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
+FUNCTION_NAME = r"^[a-zA-Z0-9_.-]{1,64}$"
 
 
 class TextPart(Body):
@@ -25,9 +29,71 @@ class TextPart(Body):
     text: str
 
 
+class FunctionCall(Body):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str = Field(description="The arguments as JSON text, as the model wrote them.")
+
+
+class ToolCallIn(Body):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Body):
     role: Role
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="An assistant turn's calls, sent back in the history."
+    )
+    tool_call_id: str | None = Field(None, description="In a `tool` message: the call it answers.")
+
+
+class FunctionDefinition(Body):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="A JSON Schema; with tool_choice required or named, enforced while sampling."
+    )
+    strict: bool | None = None
+
+
+class Tool(Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Body):
+    name: str
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(Body):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the output follows.")
+    strict: bool | None = None
+
+
+class TextFormat(Body):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Body):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(Body):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class StreamOptions(Body):
@@ -53,14 +119,32 @@ class Sampling(Body):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1, description="Only 1 choice per request.")
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the output is enforced by a grammar while sampling."
+    )
+    cache_prompt: bool | None = Field(
+        None, description="llama-server's: reuse the slot's cached prompt prefix (default true)."
+    )
 
 
-class ChatCompletionRequestBase(Sampling):
+class ChatFields(Body):
+    """What a chat request adds to the sampling parameters (shared with the chat gateway)."""
+
     messages: list[Message] = Field(min_length=1)
-    tools: list[Any] | None = Field(None, max_length=0, description="Not supported: empty or absent.")
-    functions: list[Any] | None = Field(None, max_length=0, description="Not supported: empty or absent.")
-    logprobs: Literal[False] | None = None
-    top_logprobs: Literal[0] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="Default auto with tools; required or a named function is enforced by a grammar."
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description="With tool_choice required: allow several calls (default: one, as llama-server)."
+    )
+    functions: list[Any] | None = Field(None, max_length=0, description="Deprecated by OpenAI: use tools.")
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Needs logprobs: true.")
+
+
+class ChatCompletionRequestBase(ChatFields, Sampling):
+    pass
 
 
 class CompletionRequestBase(Sampling):
@@ -71,8 +155,32 @@ class CompletionRequestBase(Sampling):
     ) = Field(description="A string, a list of one string, or a list of token ids.")
     echo: Literal[False] | None = None
     suffix: Literal[""] | None = None
-    logprobs: Literal[0] | None = None
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="The sampled token's and this many best tokens' logprobs.",
+    )
     best_of: Literal[1] | None = None
+
+
+MAX_EMBEDDING_INPUTS = 256
+
+
+class EmbeddingRequest(Body):
+    model: str | None = None
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        ]
+    ) = Field(description="A string, a list of strings, token ids, or a list of token id lists.")
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, description="Not supported: the model's own dimension only.")
+    user: str | None = None
 
 
 def _with_limit(base: type[Sampling], name: str, limit: int) -> type[Sampling]:
@@ -96,6 +204,7 @@ def request_models(max_tokens_limit: int) -> tuple[type[Sampling], type[Sampling
 
 class ApplyTemplateRequest(Body):
     messages: list[Message] = Field(min_length=1)
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
 
 
 class TokenizeRequest(Body):
@@ -106,21 +215,64 @@ class TokenizeRequest(Body):
 # -- responses -------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(Shape):
+    cached_tokens: int
+
+
 class Usage(Shape):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class FunctionCallOut(Shape):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Shape):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
+class StreamedToolCall(ToolCallOut):
+    index: int
+
+
+class TopLogprob(Shape):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Shape):
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(Shape):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
 
 
 class AssistantMessage(Shape):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(Shape):
     index: int
     message: AssistantMessage
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: FinishReason
 
 
@@ -136,12 +288,13 @@ class ChatCompletion(Shape):
 class Delta(Shape):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[StreamedToolCall] | None = None
 
 
 class ChunkChoice(Shape):
     index: int
     delta: Delta
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: FinishReason | None
 
 
@@ -159,7 +312,7 @@ class ChatCompletionChunk(Shape):
 class CompletionChoice(Shape):
     index: int
     text: str
-    logprobs: None
+    logprobs: CompletionLogprobs | None
     finish_reason: FinishReason | None
 
 
@@ -183,6 +336,24 @@ class CompletionChunk(Shape):
     usage: Usage | None = None
 
 
+class Embedding(Shape):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32s.")
+
+
+class EmbeddingUsage(Shape):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Shape):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelMeta(Shape):
     file: str
     n_ctx: int
@@ -193,6 +364,8 @@ class ModelMeta(Shape):
     chat_template: str
     name: str
     architecture: str
+    n_embd: int
+    embeddings: bool
 
 
 class ModelCard(Shape):
@@ -219,6 +392,9 @@ class Props(Shape):
     eos_token: str
     total_slots: int
     n_ctx: int
+    tool_call_format: str
+    embeddings: bool
+    pooling: str | None
     build_info: str
 
 
@@ -251,6 +427,7 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         401: "Missing or wrong API key (when the server has one).",
         404: "The model is not served here.",
         413: "The request body is larger than --max-body-bytes.",
+        501: "Embeddings are off (start the server with --embeddings).",
         503: "The model is loading, or the queue is full.",
         504: "The generation did not finish within --request-timeout.",
     }
@@ -291,6 +468,13 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
                 **completion_errors,
             },
             request=completion_request,
+        ),
+        Operation(
+            "/v1/embeddings",
+            "POST",
+            "Embeddings (pooled, L2-normalised) of strings or token ids",
+            {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 501, 503)},
+            request=EmbeddingRequest,
         ),
         Operation(
             "/v1/models", "GET", "The model served", {200: Reply("The list", ModelList), **_errors(401, 503)}

@@ -138,6 +138,20 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     "requests batched with it (keys cached as Q8_0, no weight repacking).",
 )
 @click.option(
+    "--embeddings/--no-embeddings",
+    default=False,
+    envvar="SLIMLLM_EMBEDDINGS",
+    show_envvar=True,
+    help="Serve POST /v1/embeddings (a second, --batch-size-token context next to the slots).",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["mean", "cls", "last"]),
+    envvar="SLIMLLM_POOLING",
+    show_envvar=True,
+    help="How /v1/embeddings pools the token vectors; default: the model's own, else mean.",
+)
+@click.option(
     "--chat-format",
     envvar="SLIMLLM_CHAT_FORMAT",
     show_envvar=True,
@@ -220,7 +234,8 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
 def serve(ctx: click.Context, /, preset: str | None, **options: Any) -> None:
     """Serve a GGUF model over an OpenAI-compatible HTTP API.
 
-    Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /props,
+    Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings (with
+    --embeddings), GET /v1/models, GET /props,
     POST /apply-template, POST /tokenize, GET /health, GET /metrics (Prometheus). With an API key
     set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
     """
@@ -240,6 +255,8 @@ def _serve(
     batch_size: int,
     slots: int,
     batch_invariant: bool,
+    embeddings: bool,
+    pooling: str | None,
     chat_format: str | None,
     chat_template_file: Path | None,
     host: str,
@@ -280,6 +297,8 @@ def _serve(
                 "batch_size": batch_size,
                 "slots": slots,
                 "batch_invariant": batch_invariant,
+                "embeddings": embeddings,
+                "pooling": pooling,
                 "queue_size": queue_size,
                 "chat_format": chat_format,
                 "chat_template": template,
