@@ -319,6 +319,8 @@ def test_json_object_mode(servers: Servers, endpoint: str) -> None:
             {"type": "object", "patternProperties": {"^a": {}}}, "patternProperties", id="pattern-props"
         ),
         pytest.param({"type": "string", "format": "email"}, "email", id="format"),
+        pytest.param({"type": "string", "maxLength": 10**9}, "maxLength", id="huge-bound"),
+        pytest.param({"type": "string", "pattern": "^a{99999}$"}, "repeats", id="huge-pattern-repeat"),
         pytest.param({"$ref": "https://example.invalid/s.json"}, "local references", id="remote-ref"),
         pytest.param(
             {"type": "array", "items": {"type": "number", "multipleOf": 2}}, "multipleOf", id="nested"
@@ -576,9 +578,10 @@ def test_embeddings(servers: Servers) -> None:
     assert list(struct.unpack(f"<{n_embd}f", packed)) == pytest.approx(vectors[0], abs=1e-6)
 
 
-def test_embeddings_off_is_501(servers: Servers) -> None:
+def test_embeddings_off_is_a_clear_400(servers: Servers) -> None:
     response = httpx.post(servers.by_kind["generic"].url + "/v1/embeddings", json={"input": "hi"}, timeout=30)
-    assert response.status_code == 501 and "--embeddings" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "--embeddings" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "embeddings_disabled"
 
 
 # -- prompt-prefix reuse ---------------------------------------------------------------------

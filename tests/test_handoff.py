@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import responses
+from httpx_sse import EventSource
 
 from slimllm.cli import main
 from slimllm.reports.regression import connect
@@ -399,12 +400,12 @@ class Load:
             with client.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     return f"status {response.status_code}: {response.read()[:200]!r}"
-                lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+                data = [event.data for event in EventSource(response).iter_sse()]
         except httpx.HTTPError as exc:  # a cut stream, and a hung one (the client's timeout)
             return f"{type(exc).__name__}: {exc}"
-        if not lines or lines[-1] != "data: [DONE]":
-            return f"stream ended without [DONE]: {lines[-2:]}"
-        finish = json.loads(lines[-2][6:])["choices"][0]["finish_reason"]
+        if not data or data[-1] != "[DONE]":
+            return f"stream ended without [DONE]: {data[-2:]}"
+        finish = json.loads(data[-2])["choices"][0]["finish_reason"]
         return None if finish in ("stop", "length") else f"finish_reason {finish!r}"
 
     def _loop(self) -> None:

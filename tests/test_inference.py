@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import EventSource
 
 from tests.dockerutil import build_image, published_port, wait_for_http
 from tests.fakes.hf_hub import serve_hub
@@ -109,10 +110,8 @@ def server(docker_client: Any, inference_image: Any, default_model: Path) -> Ite
 
 
 def sse_events(response: httpx.Response) -> Iterator[Any]:
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: ") :]
-            yield data if data == "[DONE]" else json.loads(data)
+    for event in EventSource(response).iter_sse():
+        yield event.data if event.data == "[DONE]" else json.loads(event.data)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx
+from httpx_sse import EventSource
 
 from slimllm.chat.config import ModelConfig
 
@@ -312,18 +313,9 @@ class Registry:
 
 
 async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The `data` of each server-sent event in a response (multi-line data joined with \\n)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
-    if lines:
-        yield "\n".join(lines)
+    """The `data` of each server-sent event in a response (httpx-sse's parser)."""
+    async for event in EventSource(response).aiter_sse():
+        yield event.data
 
 
 def _json_field(response: httpx.Response, key: str) -> object:

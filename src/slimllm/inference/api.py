@@ -525,11 +525,12 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         req = parse(EmbeddingRequest, await json_body(request), unsupported=UNSUPPORTED)
         check_model(req.model, engine)
         if not engine.embeddings:
+            # A 4xx, not llama-server's 501: the request asks for what this server was not
+            # started to do, and a public endpoint answers client requests with no 5xx.
             raise ApiError(
-                501,
+                400,
                 "this server does not serve embeddings; start it with --embeddings (SLIMLLM_EMBEDDINGS=1)",
-                code="not_implemented",
-                kind="not_implemented_error",
+                code="embeddings_disabled",
             )
         if req.dimensions is not None and req.dimensions != engine.n_embd:
             raise ApiError(

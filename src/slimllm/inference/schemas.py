@@ -427,7 +427,6 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         401: "Missing or wrong API key (when the server has one).",
         404: "The model is not served here.",
         413: "The request body is larger than --max-body-bytes.",
-        501: "Embeddings are off (start the server with --embeddings).",
         503: "The model is loading, or the queue is full.",
         504: "The generation did not finish within --request-timeout.",
     }
@@ -473,7 +472,7 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
             "/v1/embeddings",
             "POST",
             "Embeddings (pooled, L2-normalised) of strings or token ids",
-            {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 501, 503)},
+            {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 503)},
             request=EmbeddingRequest,
         ),
         Operation(

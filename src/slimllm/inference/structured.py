@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -66,6 +67,12 @@ ANNOTATIONS = frozenset(
 )
 FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+# The converter writes a bound of n as n nested optional groups, and llama.cpp parses groups
+# recursively: a bound or a pattern repetition past this is refused rather than risk the parser.
+MAX_REPEAT = 1000
+MAX_PATTERN = 1000
+MAX_GRAMMAR_BYTES = 1 << 20
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 def _grammar_module() -> types.ModuleType:
@@ -126,11 +133,23 @@ def check_schema(schema: Any, where: str = "#") -> None:
     ref = schema.get("$ref")
     if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
         raise SchemaError(f"the schema at {where} refers to {ref!r}; only local references (#/...) work")
+    for key in ("minItems", "maxItems", "minLength", "maxLength"):
+        value = schema.get(key)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (whole and 0 <= value <= MAX_REPEAT):
+            raise SchemaError(f"'{key}' at {where} must be a whole number from 0 to {MAX_REPEAT}")
+    for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
+        if schema.get(low, 0) > schema.get(high, MAX_REPEAT):
+            raise SchemaError(f"'{low}' is above '{high}' at {where}")
     pattern = schema.get("pattern")
-    if pattern is not None and not (
-        isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")
-    ):
-        raise SchemaError(f"the pattern at {where} must be anchored (start with ^ and end with $)")
+    if pattern is not None:
+        if not (isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")):
+            raise SchemaError(f"the pattern at {where} must be anchored (start with ^ and end with $)")
+        if len(pattern) > MAX_PATTERN:
+            raise SchemaError(f"the pattern at {where} is longer than {MAX_PATTERN} characters")
+        for match in _QUANTIFIER.finditer(pattern):
+            if any(n and int(n) > MAX_REPEAT for n in match.groups()):
+                raise SchemaError(f"the pattern at {where} repeats more than {MAX_REPEAT} times")
     for sub, sub_where in _subschemas(schema, where):
         check_schema(sub, sub_where)
 
@@ -147,9 +166,16 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     try:
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
         converter.visit(resolved, "")
-        return str(converter.format_grammar())
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        grammar = str(converter.format_grammar())
+    except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise SchemaError(f"the schema cannot be turned into a grammar: {exc}") from None
+    return _bounded(grammar)
+
+
+def _bounded(grammar: str) -> str:
+    if len(grammar) > MAX_GRAMMAR_BYTES:
+        raise SchemaError(f"the schema makes a grammar of {len(grammar)} bytes; at most {MAX_GRAMMAR_BYTES}")
+    return grammar
 
 
 def wrapped_grammar(values: list[tuple[str, dict[str, Any]]], root: str) -> str:
@@ -164,7 +190,7 @@ def wrapped_grammar(values: list[tuple[str, dict[str, Any]]], root: str) -> str:
         try:
             resolved = converter.resolve_refs(json.loads(json.dumps(schema)), name)
             converter.visit(resolved, name)
-        except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             raise SchemaError(f"the schema cannot be turned into a grammar: {exc}") from None
     converter._rules["root"] = root
-    return str(converter.format_grammar())
+    return _bounded(str(converter.format_grammar()))
