@@ -69,6 +69,10 @@ serve: model image-inference ## Serve the embedded default model on 127.0.0.1:80
 bench: ## Benchmark the inference image against llama-server (writes bench/results/inference.json)
 	$(PY) bench/inference.py --out bench/results/inference.json
 
+.PHONY: bench-multiturn
+bench-multiturn: ## Time to first token per turn of a chat, with and without prefix reuse, vs llama-server
+	$(PY) bench/multiturn.py --out bench/results/multiturn.json
+
 .PHONY: lint
 lint: $(PY) ## Run ruff and mypy
 	$(VENV)/bin/ruff check .

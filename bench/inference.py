@@ -41,6 +41,8 @@ from slimllm.runner.images import BakeFile, allow_args  # noqa: E402
 OURS = "slimllm/inference:bench"
 PEER = "slimllm/llama-server:bench"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# About 15 tokens with the unique prefix: where a long prompt hides the fixed cost per request.
+SHORT_PROMPT = "Tell me a story about a lighthouse."
 PROMPT = (
     "You are a helpful assistant. Write a long, detailed story about a lighthouse keeper who finds "
     "a strange machine washed up on the shore, and what happens over the following year."
@@ -76,7 +78,7 @@ class Running:
 def start(
     client: Any, name: str, image: str, models: Path, model_file: str, threads: int, slots: int, ctx: int
 ) -> Running:
-    if image == OURS:
+    if name.startswith("slimllm"):
         kwargs: dict[str, Any] = {
             "environment": {
                 "SLIMLLM_PRESET": "",
@@ -129,10 +131,10 @@ def start(
     raise RuntimeError(f"{name} did not become healthy:\n{container.logs().decode()[-2000:]}")
 
 
-def stream_once(url: str, tokens: int) -> dict[str, float]:
+def stream_once(url: str, tokens: int, prompt: str = PROMPT) -> dict[str, float]:
     # A unique prefix defeats prompt caching, so both servers process the whole prompt every time.
     body = {
-        "prompt": f"[{uuid.uuid4().hex}] {PROMPT}",
+        "prompt": f"[{uuid.uuid4().hex[:8]}] {prompt}",
         "max_tokens": tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -208,6 +210,15 @@ def side_by_side(
             server.container.remove(force=True)
 
 
+def short_ttft(running: dict[str, Running], rounds: int, slots: int, result: dict[str, Any]) -> None:
+    """Time to first token of a short prompt (about 15 tokens), one request at a time."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
+    for name in alternating(list(running), 2 * rounds):
+        runs[name].append(stream_once(running[name].url, 4, SHORT_PROMPT))
+    for name in running:
+        result[name][f"ttft_short_s_{slots}slots"] = median_of(runs[name], "ttft_s")
+
+
 def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -233,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         help="slots of both servers in the aggregate test (default: the stream count)",
     )
     parser.add_argument("--skip-build", action="store_true", help="use the images already built")
+    parser.add_argument("--ours-image", default=OURS, help=f"tag for our image (default: {OURS})")
+    parser.add_argument("--peer-image", default=PEER, help=f"tag for llama-server's (default: {PEER})")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
     if not args.skip_build:
-        build_ours(OURS)
-        build_peer(PEER)
+        build_ours(args.ours_image)
+        build_peer(args.peer_image)
     models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
     model = fetch(ModelSource("default"), models)
     client = docker.from_env()
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "streams": args.streams,
         "aggregate_runs": args.aggregate_runs,
     }
-    servers = {"slimllm": OURS, "llama_server": PEER}
+    servers = {"slimllm": args.ours_image, "llama_server": args.peer_image}
     for name, image in servers.items():
         result[name] = {"image_bytes": client.images.get(image).attrs["Size"]}
 
@@ -270,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
         for name in alternating(list(running), args.rounds):
             runs[name].append(stream_once(running[name].url, args.tokens))
+        short_ttft(running, args.rounds, 1, result)
         for name in running:
             result[name]["decode_tps_1"] = median_of(runs[name], "decode_tps")
             result[name]["ttft_s_1"] = median_of(runs[name], "ttft_s")
@@ -281,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     for streams in args.streams:
         slots = args.slots or streams
         with side_by_side(client, servers, models, model.name, args.threads, slots) as running:
+            if streams == 4:
+                short_ttft(running, args.rounds, slots, result)
             samples: dict[str, list[float]] = {name: [] for name in running}
             for name in alternating(list(running), args.aggregate_runs):
                 samples[name].append(concurrent_streams(running[name].url, streams, args.tokens))
@@ -292,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     result["ratios"] = {
         "decode_tps_1": ours["decode_tps_1"] / peer["decode_tps_1"],
         "ttft_1": ours["ttft_s_1"] / peer["ttft_s_1"],
+        **{
+            key.replace("_s_", "_"): ours[key] / peer[key]
+            for key in ours
+            if key.startswith("ttft_short_s_") and key in peer
+        },
         "start_to_healthy": ours["start_to_healthy_s"] / peer["start_to_healthy_s"],
         **{
             f"aggregate_tps_{n}": ours[f"aggregate_tps_{n}"] / peer[f"aggregate_tps_{n}"]
