@@ -74,6 +74,17 @@ variable "NATIVE_PLATFORM" {
   default = BAKE_LOCAL_PLATFORM
 }
 
+# true: attach an SBOM and a provenance attestation (mode=max) to each image pushed; needs a push
+# through a docker-container builder (the engine's own `docker` builder keeps no attestations).
+variable "ATTEST" {
+  default = false
+}
+
+# The release version (e.g., v1.2.0), carried as the OCI version label; empty: no label.
+variable "VERSION" {
+  default = ""
+}
+
 # Set on GitHub Actions: images built there carry their repository and commit as OCI labels.
 variable "GITHUB_SERVER_URL" {
   default = ""
@@ -178,13 +189,16 @@ group "all" {
   targets = ["inference", "chat-interface", "cloudflared", "health-monitor", "model-init"]
 }
 
-# What every image shares: the output, the CA secret and the source labels.
+# What every image shares: the output, the CA secret, the source and version labels and, for a
+# release, the attestations.
 target "_common" {
   output = [PUSH ? "type=registry" : "type=docker"]
   secret = SLIMLLM_BUILD_CA == "" ? [] : ["id=ca,src=${SLIMLLM_BUILD_CA}"]
+  attest = ATTEST ? ["type=sbom", "type=provenance,mode=max"] : []
   labels = merge(
     GITHUB_SERVER_URL != "" && GITHUB_REPOSITORY != "" ? { "org.opencontainers.image.source" = "${GITHUB_SERVER_URL}/${GITHUB_REPOSITORY}" } : {},
     GITHUB_SHA != "" ? { "org.opencontainers.image.revision" = GITHUB_SHA } : {},
+    VERSION != "" ? { "org.opencontainers.image.version" = VERSION } : {},
   )
 }
 

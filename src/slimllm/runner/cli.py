@@ -14,6 +14,7 @@ from click.decorators import FC
 from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs
 from slimllm.errors import UserError
+from slimllm.runner import released
 from slimllm.runner.plan import models_dir as _models_dir
 from slimllm.runner.plan import parse_duration, plan_models, preset_list
 from slimllm.runner.stack import StackSettings, containers, docker, dump_logs, mask_secrets, remove, up
@@ -133,31 +134,39 @@ def _name(value: str) -> str:
 )
 @click.option(
     "--inference-image",
-    default="slimllm/inference:local",
+    default="",
     envvar="SLIMLLM_INFERENCE_IMAGE",
     show_envvar=True,
-    help="Inference server image.",
+    help="Inference server image; default: the released one (--released-images), else a local build.",
 )
 @click.option(
     "--chat-image",
-    default="slimllm/chat-interface:local",
+    default="",
     envvar="SLIMLLM_CHAT_IMAGE",
     show_envvar=True,
-    help="Chat interface image.",
+    help="Chat interface image; default as for --inference-image.",
 )
 @click.option(
     "--cloudflared-image",
-    default="slimllm/cloudflared:local",
+    default="",
     envvar="SLIMLLM_CLOUDFLARED_IMAGE",
     show_envvar=True,
-    help="Tunnel sidecar image.",
+    help="Tunnel sidecar image; default as for --inference-image.",
 )
 @click.option(
     "--monitor-image",
-    default="slimllm/health-monitor:local",
+    default="",
     envvar="SLIMLLM_MONITOR_IMAGE",
     show_envvar=True,
-    help="Health monitor image.",
+    help="Health monitor image; default as for --inference-image.",
+)
+@click.option(
+    "--released-images",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_RELEASED_IMAGES",
+    show_envvar=True,
+    help="The release's images file (actions/serve/images.json); its images, pinned by digest, are "
+    "the default of every image option.",
 )
 @click.option(
     "--port",
@@ -207,6 +216,7 @@ def stack_up(
     chat_image: str,
     cloudflared_image: str,
     monitor_image: str,
+    released_images: Path | None,
     port: int,
     chat_port: int,
     threads: int | None,
@@ -218,6 +228,10 @@ def stack_up(
     by the servers, sent by the chat), SLIMLLM_CHAT_API_KEY (asked by the chat), HF_TOKEN (gated
     repos). Step outputs: url (the chat, or the first model), tunnel-url, chat-url, inference-urls
     (JSON), network, healthy; later steps also find the quick tunnel's URL in SLIMLLM_TUNNEL_URL.
+
+    An image option left empty takes the release's image recorded in --released-images, pinned by
+    digest: the registry must serve that digest under the release tag, else the command fails
+    (no fallback to the tag). Without a recorded release it takes slimllm/IMAGE:local.
     """
     mask_secrets()  # before anything can fail and print
     settings = StackSettings(
@@ -243,6 +257,8 @@ def stack_up(
         chat_port=chat_port,
         threads=threads,
         wait_timeout=wait_timeout,
+        released=released.load(released_images) if released_images else released.Release("", {}),
+        released_source=str(released_images or "no released-images file"),
     )
     outputs = up(settings)
     click.echo(outputs["url"])

@@ -27,6 +27,7 @@ import click
 from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs, split_items
 from slimllm.errors import UserError
+from slimllm.runner import released
 
 BAKE_FILE = "docker-bake.hcl"
 CACHE_BACKENDS = ("none", "gha", "registry", "local")
@@ -122,6 +123,10 @@ class BuildPlan:
     secret_files: dict[str, Path] = field(default_factory=dict)
     # id -> value; kept out of repr so that a printed plan never shows one.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # SBOM and provenance attestations (a push through a docker-container builder).
+    attest: bool = False
+    # The version the images carry as their org.opencontainers.image.version label.
+    version: str = ""
 
     def variables(self, base_images: str = "") -> dict[str, str]:
         """The bake file's variables for this plan (docker-bake.hcl says what each does)."""
@@ -133,6 +138,8 @@ class BuildPlan:
             "CACHE": self.cache,
             "CACHE_DIR": str(self.cache_dir) if self.cache_dir else "",
             "BASE_IMAGES": base_images,
+            "ATTEST": "true" if self.attest else "false",
+            "VERSION": self.version,
         }
 
 
@@ -150,6 +157,8 @@ def plan_build(
     secret_files: Sequence[str],
     secrets: Sequence[str],
     environ: Mapping[str, str] = os.environ,
+    attest: bool = False,
+    version: str = "",
 ) -> BuildPlan:
     chosen: list[str] = []
     for name in split_items(images) or ["all"]:
@@ -211,6 +220,12 @@ def plan_build(
     clash = set(files) & set(values)
     if clash:
         raise UserError(f"secret {sorted(clash)[0]!r} is given both as a value and as a file")
+    if attest and not push:
+        raise UserError(
+            "attestations (SBOM, provenance) need a push: the local engine's image store keeps none"
+        )
+    if version and not _TAG.fullmatch(version):
+        raise UserError(f"version {version!r} is not a valid image tag (e.g., v1.2.0)")
 
     return BuildPlan(
         images=list(dict.fromkeys(chosen)),
@@ -223,6 +238,8 @@ def plan_build(
         build_args=parse_pairs(build_args, "build-args", _ARG_NAME),
         secret_files=files,
         secrets=values,
+        attest=attest,
+        version=version,
     )
 
 
@@ -527,6 +544,28 @@ def images() -> None:
     help="ID=PATH of a BuildKit secret, repeatable (env var: one per line; e.g., ca=/etc/ssl/certs/ca.pem).",
 )
 @click.option(
+    "--attest/--no-attest",
+    default=False,
+    envvar="SLIMLLM_ATTEST",
+    show_envvar=True,
+    help="Attach SBOM and provenance attestations (with --push, on a docker-container builder).",
+)
+@click.option(
+    "--version",
+    "version",
+    envvar="SLIMLLM_VERSION",
+    show_envvar=True,
+    default="",
+    help="Version the images carry as their OCI version label (e.g., v1.2.0).",
+)
+@click.option(
+    "--digests-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_DIGESTS_FILE",
+    show_envvar=True,
+    help="Write each image's refs, digest and platforms there as JSON (what `images record` reads).",
+)
+@click.option(
     "--root",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     default=".",
@@ -544,6 +583,9 @@ def images_build(
     cache_dir: Path | None,
     build_args: tuple[str, ...],
     secret_files: tuple[str, ...],
+    attest: bool,
+    version: str,
+    digests_file: Path | None,
     root: Path,
 ) -> None:
     """Build IMAGEs (env var: SLIMLLM_IMAGES; default: all) with docker buildx bake.
@@ -572,6 +614,8 @@ def images_build(
         build_args=build_args,
         secret_files=secret_files,
         secrets=[os.environ.get("SLIMLLM_SECRETS", "")],
+        attest=attest,
+        version=version,
     )
     built = run_build(plan, bake)
     gha.append_summary(render_build_markdown(built))
@@ -584,6 +628,12 @@ def images_build(
         if b.size is not None:
             sizes.setdefault(b.step.image, b.size)
     first_refs = " ".join(b.step.refs[0] for b in built)
+    if digests_file is not None:
+        recorded = {
+            b.step.image: {"refs": list(b.step.refs), "digest": b.digest, "platforms": list(b.step.platforms)}
+            for b in built
+        }
+        digests_file.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
     click.echo(first_refs)
     if gha.in_github():
         gha.set_outputs(
@@ -593,4 +643,76 @@ def images_build(
                 "digests": json.dumps(digests),
                 "sizes": json.dumps(sizes),
             }
+        )
+
+
+@images.command("record")
+@click.option(
+    "--digests-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="SLIMLLM_DIGESTS_FILE",
+    show_envvar=True,
+    required=True,
+    help="What `images build --push --digests-file` wrote.",
+)
+@click.option(
+    "--tag",
+    envvar="SLIMLLM_TAG",
+    show_envvar=True,
+    required=True,
+    help="The release tag the images were pushed as; serve checks the registry serves it (e.g., v1.2.0).",
+)
+@click.option(
+    "--version",
+    "version",
+    envvar="SLIMLLM_VERSION",
+    show_envvar=True,
+    default="",
+    help="The release's version (default: the tag).",
+)
+@click.option(
+    "--file",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLIMLLM_RELEASED_IMAGES",
+    show_envvar=True,
+    default=str(released.IMAGES_FILE),
+    show_default=True,
+    help="The released-images file of the action tree.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    envvar="SLIMLLM_VERIFY",
+    show_envvar=True,
+    help="Check with the registry (through the Docker engine) that it serves each tag as its digest.",
+)
+def images_record(digests_file: Path, tag: str, version: str, out: Path, verify: bool) -> None:
+    """Record a release: each pushed image's name, tag and digest, in the file actions/serve reads.
+
+    The serve action runs these images pinned by digest (NAME@sha256:...) whenever no image is
+    given to it. Prints one line per image.
+    """
+    try:
+        digests = json.loads(digests_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{digests_file}: not JSON ({exc})") from None
+    release = released.record(digests, version or tag, tag)
+    if verify:
+        from slimllm.runner.stack import docker
+
+        client = docker()
+        for pinned in release.images.values():
+            served = released.served_digest(client, pinned)
+            if served != pinned.digest:
+                raise UserError(
+                    f"{pinned.image}: the registry serves {pinned.name}:{pinned.tag} as {served}, "
+                    f"not the {pinned.digest} the push reported"
+                )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(released.dump(release), encoding="utf-8")
+    for pinned in release.images.values():
+        click.echo(
+            f"recorded {pinned.image}: {pinned.ref} "
+            f"({pinned.tag}; {', '.join(pinned.platforms) or 'engine default'})"
         )

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from slimllm.reports.health import Prober, ProbeSettings, build_targets, render_
 from slimllm.runner import compose
 from slimllm.runner.compose import CHAT_PORT, INFERENCE_PORT, LABEL, ROLE_LABEL
 from slimllm.runner.plan import ModelPlan
+from slimllm.runner.released import Release, choose, resolve
 from slimllm.runner.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url, wait_until_registered
 
 SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "SLIMLLM_CHAT_API_KEY", "HF_TOKEN")
@@ -55,9 +56,14 @@ class StackSettings:
     chat_port: int
     threads: int | None
     wait_timeout: float
+    # The release recorded in the action tree (actions/serve/images.json) and where it was read:
+    # the images of the services whose image is not given (empty).
+    released: Release = field(default_factory=lambda: Release("", {}))
+    released_source: str = "no released-images file"
 
     def images(self) -> dict[str, str]:
-        """The image of each service the stack runs, by its name in services.yml."""
+        """The image given for each service the stack runs, by its name in services.yml; empty
+        for the released one (or slimllm/IMAGE:local without a release)."""
         wanted = {"inference": (self.inference_image, True), "chat": (self.chat_image, self.chat)}
         wanted["tunnel"] = (self.cloudflared_image, self.tunnel)
         wanted["monitor"] = (self.monitor_image, self.monitor)
@@ -98,9 +104,8 @@ def up(settings: StackSettings) -> dict[str, Any]:
         raise UserError(
             f"a stack named {settings.name!r} is running already: stop it first (slimllm stack down)"
         )
-    images = settings.images()
-    for service, ref in images.items():
-        ensure_image(client, ref, service)
+    chosen = choose(settings.images(), settings.released, settings.released_source)
+    images = resolve(client, chosen, ensure_image)
     fetch_models(settings)
     project = compose.Project(
         name=settings.name,
