@@ -273,9 +273,8 @@ def create_app(
         upstream = await open_upstream(model, body, path)
         return upstream if isinstance(upstream, Response) else await whole_upstream(upstream, model)
 
-    async def openai_embeddings(request: Request) -> Response:
-        rate.check(client_of(request))
-        body = await json_body(request)
+    def require_model(body: dict[str, Any]) -> None:
+        """The gateway's OpenAI routes pick the backend by `model`: it has no default."""
         if body.get("model") is None:
             raise ApiError(
                 400,
@@ -283,6 +282,11 @@ def create_app(
                 param="model",
                 code="missing_model",
             )
+
+    async def openai_embeddings(request: Request) -> Response:
+        rate.check(client_of(request))
+        body = await json_body(request)
+        require_model(body)
         req = validated(body, embedding_request)
         model = model_or_404(req.model, "model")
         upstream_body = req.model_dump(exclude_none=True, exclude={"model", "user"})
@@ -292,13 +296,7 @@ def create_app(
         client = client_of(request)
         rate.check(client)
         body = await json_body(request)
-        if body.get("model") is None:
-            raise ApiError(
-                400,
-                f"'model' is required; this service offers: {', '.join(registry.models)}",
-                param="model",
-                code="missing_model",
-            )
+        require_model(body)
         req = validated(body, chat_request)
         assert isinstance(req, ChatCompletionRequestBase)
         model = model_or_404(req.model, "model")
