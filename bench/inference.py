@@ -205,6 +205,15 @@ def side_by_side(
         for server in running.values():
             stream_once(server.url, 8)  # warm-up, not measured
         yield running
+    except BaseException:
+        # Say which server failed and how, before its container (and its log) is gone.
+        for server in running.values():
+            server.container.reload()
+            state = server.container.attrs["State"]
+            tail = server.container.logs(tail=30).decode(errors="replace")
+            status = f"{state['Status']}, exit {state['ExitCode']}, OOM {state['OOMKilled']}"
+            print(f"{server.name}: {status}\n{tail}", file=sys.stderr)
+        raise
     finally:
         for server in running.values():
             server.container.remove(force=True)

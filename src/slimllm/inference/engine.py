@@ -27,6 +27,7 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ log = logging.getLogger("slimllm.inference")
 Event = tuple[str, Any]
 # llama.cpp's pooling types, by the names the settings use.
 POOLING = {"mean": 1, "cls": 2, "last": 3}
+# Parsed grammars kept for reuse: a few distinct schemas or tool sets in use at once.
+GRAMMARS_KEPT = 8
 
 
 class EngineError(RuntimeError):
@@ -197,6 +200,9 @@ class Engine:
         # Events wait here until the next llama_decode is under way; see _deliver.
         self._outbox: list[tuple[Job, Event]] = []
         self._eog: list[int] | None = None
+        # Parsed grammars by their text, newest last (check_grammar, _grammar_sampler).
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._grammar_lock = threading.Lock()
         self.embeddings = embeddings
         self._embed_lock = threading.Lock()
         self._embed_ctx: Any = None
@@ -457,20 +463,37 @@ class Engine:
         slot.prompt_started = time.monotonic()
 
     def check_grammar(self, grammar: str) -> None:
-        """Raise EngineError when llama.cpp cannot parse the grammar (called before queueing)."""
-        sampler = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-        if not sampler:
+        """Raise EngineError when llama.cpp cannot parse the grammar (called before queueing).
+        The parsed grammar is kept for the job's sampler, and for the next request with the same
+        schema or tools, which clients usually send on every call."""
+        with self._grammar_lock:
+            if grammar in self._grammars:
+                self._grammars.move_to_end(grammar)
+                return
+        parsed = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not parsed:
             raise EngineError("llama.cpp cannot parse the grammar")
-        self._lib.llama_sampler_free(sampler)
+        with self._grammar_lock:
+            old = self._grammars.pop(grammar, None)
+            self._grammars[grammar] = parsed
+            if old is not None:
+                self._lib.llama_sampler_free(old)
+            while len(self._grammars) > GRAMMARS_KEPT:
+                self._lib.llama_sampler_free(self._grammars.popitem(last=False)[1])
+
+    def _grammar_sampler(self, grammar: str) -> Any:
+        with self._grammar_lock:
+            parsed = self._grammars.get(grammar)
+            if parsed is not None:
+                return self._lib.llama_sampler_clone(parsed)
+        return self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
 
     def _make_sampler(self, s: Sampling, grammar: str | None = None) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if grammar:
             # First, so every sampler after it only sees tokens the grammar allows.
-            lib.llama_sampler_chain_add(
-                chain, lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-            )
+            lib.llama_sampler_chain_add(chain, self._grammar_sampler(grammar))
         if s.ignore_eos:
             # As llama-server does: a -inf bias on every end-of-generation token.
             eog = self._eog_tokens()
@@ -739,6 +762,9 @@ class Engine:
         self.stop()
         lib = self._lib
         lib.llama_batch_free(self._batch)
+        for parsed in self._grammars.values():
+            lib.llama_sampler_free(parsed)
+        self._grammars.clear()
         if self._embed_ctx is not None:
             lib.llama_free(self._embed_ctx)
         lib.llama_free(self._ctx)
