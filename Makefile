@@ -136,7 +136,7 @@ stack_up = set -euo pipefail; bash scripts/provision.sh engine; \
   $(COMPOSE) -f $(1) up -d $(WAIT)
 
 .PHONY: images
-images: ## Build the images the stacks run, for the engine's own platform (what start-* run)
+images: ## Build the images the stacks run, for the engine's own platform (start-* build them only when missing)
 	$(call bake,,$(STACK_TARGETS))
 
 .PHONY: build-all
@@ -144,7 +144,7 @@ build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PR
 	$(call bake,$(PLATFORMS),$(STACK_TARGETS))
 
 .PHONY: start-chat
-start-chat: $(PY) ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
+start-chat: $(PY) ## Start the default stack, engine and images first (BUILD=1 builds them): chat on Gemma 3 270M, http://127.0.0.1:8000
 	@$(call stack_up,docker-compose.yml)
 
 .PHONY: start-chat-ui
