@@ -132,8 +132,22 @@ def test_a_recorded_release_is_pulled_by_digest_unless_present_and_build_asks_fo
 
 def test_every_image_a_stack_runs_has_its_variable_in_services_yml() -> None:
     variables = ensure.compose_variables()
-    assert variables["inference"] == "SLIMLLM_INFERENCE_IMAGE"
+    assert variables["inference"] == ("SLIMLLM_INFERENCE_IMAGE", "slimllm/inference:local")
     assert set(variables) == {"model-init", "inference", "chat-interface", "cloudflared", "health-monitor"}
+
+
+def test_an_untouched_env_file_gives_no_image() -> None:
+    """.env.example names every image by its default: a copy of it must not stop a release's
+    images from being pulled, nor a missing local build from being built."""
+    variables = ensure.compose_variables()
+    example = ensure.dotenv(REPO_ROOT / ".env.example")
+    assert ensure.given(variables, {}, example) == {}
+    environ = {"SLIMLLM_CHAT_IMAGE": "mine/chat:1"}
+    mine = {**example, "SLIMLLM_INFERENCE_IMAGE": "mine/inference:2", "SLIMLLM_CHAT_IMAGE": "mine/chat:2"}
+    assert ensure.given(variables, environ, mine) == {
+        "chat-interface": "mine/chat:1",
+        "inference": "mine/inference:2",
+    }
 
 
 def test_dotenv_reads_simple_assignments(tmp_path: Path) -> None:

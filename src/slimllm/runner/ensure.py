@@ -1,13 +1,13 @@
 """`slimllm images ensure`: make the images a compose stack runs present, as `make start-*` does.
 
 For each image, in this order: one given in the environment or .env (the variable services.yml
-names it by, e.g. SLIMLLM_INFERENCE_IMAGE) is left as it is; with --build it is built from this
-checkout; one the release records (actions/serve/images.json) is pulled by its digest, checked as
-`actions/serve` checks it, or found already present by that digest; without a release, the local
-build slimllm/IMAGE:local is used when the engine has it. Anything else is built (docker-bake.hcl,
-after scripts/bootstrap-base-image.sh), a released image that cannot be had included. Each choice
-is said in one line, and the references are written to --env-file as VARIABLE=REF lines for
-compose. Nothing is rebuilt or pulled again when it is there.
+names it by, e.g. SLIMLLM_INFERENCE_IMAGE), other than its default, is left as it is; with
+--build it is built from this checkout; one the release records (actions/serve/images.json) is
+pulled by its digest, checked as `actions/serve` checks it, or found already present by that
+digest; without a release, the local build slimllm/IMAGE:local is used when the engine has it.
+Anything else is built (docker-bake.hcl, after scripts/bootstrap-base-image.sh), a released image
+that cannot be had included. Each choice is said in one line, and the references are written to
+--env-file as VARIABLE=REF lines for compose. Nothing is rebuilt or pulled again when it is there.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from slimllm.runner.released import LOCAL_REGISTRY, Pinned, Release
 
 SERVICES_FILE = Path(__file__).with_name("services.yml")
 _IMAGE_LINE = re.compile(
-    r"^\s*image:\s*\$\{(SLIMLLM_[A-Z0-9_]+_IMAGE):-"
+    r"^\s*image:\s*\$\{(SLIMLLM_[A-Z0-9_]+_IMAGE):-("
     + LOCAL_REGISTRY
-    + r"/([a-z0-9-]+):[A-Za-z0-9_.-]+\}\s*$",
+    + r"/([a-z0-9-]+):[A-Za-z0-9_.-]+)\}\s*$",
     re.MULTILINE,
 )
 _DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
@@ -42,9 +42,22 @@ def say(text: str) -> None:
     click.echo(f"[slimllm] {text}")
 
 
-def compose_variables(services: Path = SERVICES_FILE) -> dict[str, str]:
-    """The variable that names each image in services.yml (`${SLIMLLM_INFERENCE_IMAGE:-...}`)."""
-    return {image: variable for variable, image in _IMAGE_LINE.findall(services.read_text(encoding="utf-8"))}
+def compose_variables(services: Path = SERVICES_FILE) -> dict[str, tuple[str, str]]:
+    """The variable that names each image in services.yml and its default, by image
+    (`${SLIMLLM_INFERENCE_IMAGE:-slimllm/inference:local}`)."""
+    found = _IMAGE_LINE.findall(services.read_text(encoding="utf-8"))
+    return {image: (variable, default) for variable, default, image in found}
+
+
+def given(variables: Mapping[str, tuple[str, str]], *sources: Mapping[str, str]) -> dict[str, str]:
+    """The image each variable names in the first of `sources` that sets it (the environment, then
+    .env), unless that is its default: an untouched .env (.env.example) behaves like no .env."""
+    chosen: dict[str, str] = {}
+    for image, (variable, default) in variables.items():
+        value = next((source[variable] for source in sources if source.get(variable)), "")
+        if value and value != default:
+            chosen[image] = value
+    return chosen
 
 
 def dotenv(path: Path) -> dict[str, str]:
@@ -278,7 +291,8 @@ def images_ensure(
 ) -> None:
     """Make the IMAGEs a stack runs present (default: the `stack` group of docker-bake.hcl).
 
-    An image named in the environment or ROOT/.env by its services.yml variable is used as it is;
+    An image named in the environment or ROOT/.env by its services.yml variable, other than its
+    default, is used as it is;
     else --build builds it; else the release's image (--released-images) is used, pulled by its
     digest when the engine does not have it; else slimllm/IMAGE:TAG when the engine has it; else
     it is built, after making debian:bookworm-slim available. One line says what and why.
@@ -299,16 +313,15 @@ def images_ensure(
     release = released.load(source)
     shown = source.relative_to(root) if source.is_absolute() and source.is_relative_to(root) else source
     variables = compose_variables()
-    from_file = dotenv(root / ".env")
     explicit = {
-        image: os.environ.get(variable) or from_file.get(variable, "")
-        for image, variable in variables.items()
+        image: ref
+        for image, ref in given(variables, os.environ, dotenv(root / ".env")).items()
         if image in wanted
     }
     client = docker()
     refs = ensure(client, bake, wanted, release, str(shown), build=build, explicit=explicit, tag=tag)
     if env_file is not None:
         lines = [
-            f"{variables[image]}={shlex.quote(ref)}" for image, ref in refs.items() if image in variables
+            f"{variables[image][0]}={shlex.quote(ref)}" for image, ref in refs.items() if image in variables
         ]
         env_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
