@@ -3,6 +3,11 @@ SHELL := bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# PROVISION=0: `make test` runs pytest only, provisioning nothing.
+PROVISION ?= 1
+# BUILD=1: `make start-*` builds the images from this checkout instead of using the released or
+# present ones.
+BUILD ?=
 
 .DEFAULT_GOAL := help
 
@@ -11,22 +16,25 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort \
 	  | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# Host set-up, one step each: scripts/provision.sh (engine, base images, registry, browser, QEMU,
+# python), which these targets, `make test` and .ci/run run.
 $(PY): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint]'
-	@touch $(PY)
+	@VENV='$(VENV)' bash scripts/provision.sh python
 
 .PHONY: install
 install: $(PY) ## Create .venv with slimllm and its test and lint tools
 
 .PHONY: docker
-docker: ## Install and start a Docker engine with buildx and compose (Debian hosts, as root)
-	bash scripts/install-docker.sh
+docker: ## Make a Docker engine with buildx and compose answer: start it, or install it (Debian, as root)
+	@bash scripts/provision.sh engine
 
 .PHONY: base-image
 base-image: ## Make debian:bookworm-slim available (pull, or build it with debootstrap)
-	bash scripts/bootstrap-base-image.sh
+	@bash scripts/provision.sh base-image
+
+.PHONY: provision
+provision: ## What the tests need: engine, base image, local registry, Chromium, QEMU + arm64 base image, .venv
+	@VENV='$(VENV)' bash scripts/provision.sh --times test
 
 .PHONY: model
 model: $(PY) ## Place the embedded default model in ./models
@@ -80,7 +88,7 @@ lint: $(PY) ## Run ruff and mypy
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: $(PY) ## Run the test suite (needs the Docker engine and base image; see .ci/run)
+test: $(if $(filter 0,$(PROVISION)),$(PY),provision) ## Provision what the tests need (make provision), then run pytest (PROVISION=0: pytest only)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ------------------------------------------------------------------------------ compose stacks
@@ -115,8 +123,20 @@ setup: ## Create .env from .env.example (an existing .env is left as it is)
 # profile is on (COMPOSE_PROFILES=tunnel in the environment or in .env, as compose reads it).
 STACK_TARGETS = stack $$($(COMPOSE) -f docker-compose.yml config --images 2>/dev/null | grep -q '/cloudflared:' && echo cloudflared)
 
+# $(call stack_up,COMPOSE_FILE): what every start-* target does. A Docker engine that answers
+# (scripts/provision.sh engine: started, or installed, when none does), then the stacks' images
+# (`slimllm images ensure`: the release's, pulled by digest, when actions/serve/images.json records
+# one; else slimllm/IMAGE:local, built only when missing or with BUILD=1), whose references compose
+# gets; then `docker compose up`. A second run finds everything there and only runs compose.
+stack_up = set -euo pipefail; bash scripts/provision.sh engine; \
+  refs=$$(mktemp); trap 'rm -f "$$refs"' EXIT; \
+  SLIMLLM_BUILD_CA='$(wildcard $(BUILD_CA))' $(VENV)/bin/slimllm images ensure $(if $(BUILD),--build) \
+    --tag '$(firstword $(subst $(comma), ,$(TAG)))' --env-file "$$refs" $(STACK_TARGETS); \
+  set -a; . "$$refs"; set +a; \
+  $(COMPOSE) -f $(1) up -d $(WAIT)
+
 .PHONY: images
-images: ## Build the images the stacks run, for the engine's own platform (what start-* run)
+images: ## Build the images the stacks run, for the engine's own platform (start-* build them only when missing)
 	$(call bake,,$(STACK_TARGETS))
 
 .PHONY: build-all
@@ -124,32 +144,32 @@ build-all: ## Build every image of the stacks (cloudflared's too with COMPOSE_PR
 	$(call bake,$(PLATFORMS),$(STACK_TARGETS))
 
 .PHONY: start-chat
-start-chat: images ## Start the default stack: chat on the embedded Gemma 3 270M, http://127.0.0.1:8000
-	$(COMPOSE) -f docker-compose.yml up -d $(WAIT)
+start-chat: $(PY) ## Start the default stack, engine and images first (BUILD=1 builds them): chat on Gemma 3 270M, http://127.0.0.1:8000
+	@$(call stack_up,docker-compose.yml)
 
 .PHONY: start-chat-ui
-start-chat-ui: images ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
-	$(COMPOSE) -f docker-compose.chat-interface.yml up -d $(WAIT)
+start-chat-ui: $(PY) ## Start the chat alone, in front of the servers in SLIMLLM_CHAT_MODELS
+	@$(call stack_up,docker-compose.chat-interface.yml)
 
 .PHONY: start-inference
-start-inference: images ## Start one inference server for SLIMLLM_PRESET (default: the embedded model)
-	$(COMPOSE) -f docker-compose.inference.yml up -d $(WAIT)
+start-inference: $(PY) ## Start one inference server for SLIMLLM_PRESET (default: the embedded model)
+	@$(call stack_up,docker-compose.inference.yml)
 
 .PHONY: start-phi
-start-phi: images ## Start Phi-3-mini-4k-instruct on http://127.0.0.1:8081 (downloads 2.4 GB once)
-	$(COMPOSE) -f docker-compose.phi.yml up -d $(WAIT)
+start-phi: $(PY) ## Start Phi-3-mini-4k-instruct on http://127.0.0.1:8081 (downloads 2.4 GB once)
+	@$(call stack_up,docker-compose.phi.yml)
 
 .PHONY: start-qwen
-start-qwen: images ## Start Qwen2.5-3B-Instruct on http://127.0.0.1:8082 (downloads 2.1 GB once)
-	$(COMPOSE) -f docker-compose.qwen.yml up -d $(WAIT)
+start-qwen: $(PY) ## Start Qwen2.5-3B-Instruct on http://127.0.0.1:8082 (downloads 2.1 GB once)
+	@$(call stack_up,docker-compose.qwen.yml)
 
 .PHONY: start-llama
-start-llama: images ## Start Llama-3.2-3B-Instruct on http://127.0.0.1:8083 (downloads 2.0 GB once)
-	$(COMPOSE) -f docker-compose.llama.yml up -d $(WAIT)
+start-llama: $(PY) ## Start Llama-3.2-3B-Instruct on http://127.0.0.1:8083 (downloads 2.0 GB once)
+	@$(call stack_up,docker-compose.llama.yml)
 
 .PHONY: start-all
-start-all: images ## Start every model behind one chat (downloads about 6.5 GB once)
-	$(COMPOSE) -f docker-compose.all.yml up -d $(WAIT)
+start-all: $(PY) ## Start every model behind one chat (downloads about 6.5 GB once)
+	@$(call stack_up,docker-compose.all.yml)
 
 .PHONY: logs-all
 logs-all: ## Follow the logs of every stack (LOGS_ARGS to change; PROJECT=<name> for one)

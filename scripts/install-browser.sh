@@ -23,4 +23,4 @@ if [[ ! -x $CHROMIUM ]]; then
   "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium fonts-liberation
 fi
 
-"$CHROMIUM" --version
+echo "[install-browser] $("$CHROMIUM" --version 2>/dev/null)" >&2

@@ -6,7 +6,7 @@
 # own configured Debian mirror. Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 
-log() { printf '[install-docker] %s\n' "$*" >&2; }
+log() { printf '[slimllm] %s\n' "$*" >&2; }
 
 have_stack() {
   docker buildx version >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1
@@ -49,24 +49,34 @@ install_packages() {
   apt-get install -y -qq --no-install-recommends iptables debootstrap ca-certificates >/dev/null
 }
 
+# DOCKER_HOST (unix://PATH), if set, is where the engine listens; SLIMLLM_DOCKERD_ARGS adds
+# arguments (e.g., --data-root for a second engine) and SLIMLLM_DOCKERD_LOG moves its log.
 start_engine() {
   if docker info >/dev/null 2>&1; then return 0; fi
-  log "starting dockerd"
-  mkdir -p /var/log
-  nohup setsid dockerd >/var/log/slimllm-dockerd.log 2>&1 &
+  local log_file=${SLIMLLM_DOCKERD_LOG:-/var/log/slimllm-dockerd.log} args=()
+  [[ $(id -u) -eq 0 ]] || { log "error: no Docker engine answers, and starting dockerd needs root"; return 1; }
+  if [[ -n ${DOCKER_HOST:-} ]]; then
+    [[ $DOCKER_HOST == unix://* ]] || { log "error: DOCKER_HOST=$DOCKER_HOST is not a local unix socket to start dockerd on"; return 1; }
+    args+=(-H "$DOCKER_HOST")
+  fi
+  read -ra extra <<<"${SLIMLLM_DOCKERD_ARGS:-}"
+  args+=("${extra[@]}")
+  log "no Docker engine answers${DOCKER_HOST:+ on $DOCKER_HOST}: starting dockerd (log $log_file)"
+  mkdir -p "$(dirname "$log_file")"
+  nohup setsid dockerd "${args[@]}" >"$log_file" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && return 0
     sleep 1
   done
-  log "dockerd did not come up; last log lines:"
-  tail -n 20 /var/log/slimllm-dockerd.log >&2
+  log "error: dockerd did not come up; last log lines:"
+  tail -n 20 "$log_file" >&2
   return 1
 }
 
 if ! have_stack; then
-  log "installing docker.io, docker-buildx and docker-compose"
+  [[ $(id -u) -eq 0 ]] || { log "error: no Docker engine with buildx and compose is installed, and installing one needs root"; exit 1; }
+  log "no Docker engine with buildx and compose is installed: installing docker.io, docker-buildx and docker-compose (Debian)"
   install_packages
 fi
 start_engine
-docker buildx version
-docker compose version
+log "Docker $(docker version --format '{{.Server.Version}}') answers; buildx $(docker buildx version | awk '{print $2}'), compose $(docker compose version --short)"

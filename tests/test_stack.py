@@ -63,8 +63,9 @@ SECRETS = {"TUNNEL_TOKEN", "SLIMLLM_API_KEY", "SLIMLLM_CHAT_API_KEY", "HF_TOKEN"
 # Read by docker compose itself rather than by a compose file.
 COMPOSE_OWN = {"COMPOSE_PROFILES"}
 MAKE_TARGETS = {
-    "help", "install", "docker", "base-image", "model", "image-inference", "serve", "bench", "lint",
-    "test", "setup", "build-all", "start-chat", "start-chat-ui", "start-inference", "start-phi",
+    "help", "install", "docker", "base-image", "provision", "model", "image-inference", "serve",
+    "bench", "lint", "test", "setup", "build-all", "start-chat", "start-chat-ui", "start-inference",
+    "start-phi",
     "start-qwen", "start-llama", "start-all", "logs-all", "ps", "stats", "health", "tunnel-url",
     "stop-all", "clean",
 }  # fmt: skip

@@ -17,6 +17,7 @@ from slimllm.inference.server import serve
 from slimllm.model import DEFAULT_MODELS_DIR, ModelError, fetch, parse_source
 from slimllm.reports.commands import report
 from slimllm.runner.cli import stack
+from slimllm.runner.ensure import images_ensure
 from slimllm.runner.images import images
 from slimllm.runner.tunnel import tunnel_cli
 
@@ -101,6 +102,7 @@ cli.add_command(serve)
 cli.add_command(report)
 cli.add_command(tunnel_cli)
 cli.add_command(chat_interface)
+images.add_command(images_ensure)
 cli.add_command(images)
 cli.add_command(stack)
 
