@@ -15,7 +15,6 @@ Outside .ci/run: a first build compiles llama.cpp (minutes), and the emulated mo
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -30,11 +29,12 @@ import httpx
 
 import docker
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slimllm.model import ModelSource, fetch  # noqa: E402
-from slimllm.runner.images import BakeFile, allow_args  # noqa: E402
+from _common import REPO, emit, models_dir, utc_now
+
+from slimllm.model import ModelSource, fetch
+from slimllm.runner.images import BakeFile, allow_args
 
 IMAGE = "slimllm/inference:bench-arm64"
 PLATFORM = "linux/arm64"
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     build_s = None if args.skip_build else round(build(), 1)
-    models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
+    models = models_dir()
     model = fetch(ModelSource("default"), models)
     client = docker.from_env()
     image = client.images.get(IMAGE)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         container.remove(force=True)
 
     result = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": utc_now(),
         "host": {"machine": platform.machine(), "cores": os.cpu_count(), "kernel": platform.release()},
         "image": IMAGE,
         "image_architecture": image.attrs["Architecture"],
@@ -170,11 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         **answer,
         "completion": COMPLETION_PROMPT + completion,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

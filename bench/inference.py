@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import datetime as dt
 import json
 import os
 import platform
@@ -32,15 +31,15 @@ import httpx
 
 import docker
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slimllm.model import ModelSource, fetch  # noqa: E402
-from slimllm.runner.images import BakeFile, allow_args  # noqa: E402
+from _common import CA_BUNDLE, REPO, cpu_model, emit, models_dir, utc_now
+
+from slimllm.model import ModelSource, fetch
+from slimllm.runner.images import BakeFile, allow_args
 
 OURS = "slimllm/inference:bench"
 PEER = "slimllm/llama-server:bench"
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # About 15 tokens with the unique prefix: where a long prompt hides the fixed cost per request.
 SHORT_PROMPT = "Tell me a story about a lighthouse."
 PROMPT = (
@@ -261,12 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_build:
         build_ours(args.ours_image)
         build_peer(args.peer_image)
-    models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
+    models = models_dir()
     model = fetch(ModelSource("default"), models)
     client = docker.from_env()
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
+        "date": utc_now(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
         "model": model.name,
         "threads": args.threads,
         "tokens": args.tokens,
@@ -328,22 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.streams
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -15,27 +15,22 @@ per turn and server, and the ratios slimllm / llama-server and slimllm without /
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import chat_ttft, cpu_model, emit, models_dir, utc_now
 from inference import (
     OURS,
     PEER,
     Running,
-    _cpu_model,
     alternating,
     build_ours,
     build_peer,
@@ -69,30 +64,6 @@ ANSWER = (
 )
 
 
-def ttft(url: str, messages: list[dict[str, str]], tokens: int, cache_prompt: bool) -> float:
-    body: dict[str, Any] = {
-        "messages": messages,
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-    }
-    if not cache_prompt:
-        body["cache_prompt"] = False
-    sent = time.monotonic()
-    first = None
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
-            if first is None and choices[0].get("delta", {}).get("content"):
-                first = time.monotonic()
-    if first is None:
-        raise RuntimeError(f"{url} produced no text")
-    return first - sent
-
-
 def conversation(url: str, turns: int, tokens: int, cache_prompt: bool) -> list[float]:
     messages: list[dict[str, str]] = []
     tag = uuid.uuid4().hex[:8]
@@ -100,7 +71,7 @@ def conversation(url: str, turns: int, tokens: int, cache_prompt: bool) -> list[
     for turn in range(turns):
         question = QUESTIONS[turn % len(QUESTIONS)]
         messages.append({"role": "user", "content": f"[{tag}] {question}" if turn == 0 else question})
-        times.append(ttft(url, messages, tokens, cache_prompt))
+        times.append(chat_ttft(url, messages, tokens, cache_prompt))
         messages.append({"role": "assistant", "content": ANSWER})
     return times
 
@@ -120,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_build:
         build_ours(args.ours_image)
         build_peer(args.peer_image)
-    models = Path(os.environ.get("SLIMLLM_TEST_MODELS_DIR", Path.home() / ".cache/slimllm/test-models"))
+    models = models_dir()
     model = fetch(ModelSource("default"), models)
     client = docker.from_env()
     # name -> (image, cache_prompt)
@@ -148,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     ours, plain, peer = per_turn["slimllm"], per_turn["slimllm_no_reuse"], per_turn["llama_server"]
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "load": os.getloadavg()[0]},
+        "date": utc_now(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load": os.getloadavg()[0]},
         "model": model.name,
         "threads": args.threads,
         "turns": args.turns,
@@ -165,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "from_turn_3_at_most_1.1x_llama_server": all(r <= 1.1 for r in ratios[2:]),
         "last_turn_reuse_at_least_3x": result["ratios"]["no_reuse_vs_reuse"][-1] >= 3,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
