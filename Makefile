@@ -81,6 +81,10 @@ bench: ## Benchmark the inference image against llama-server (writes bench/resul
 bench-multiturn: ## Time to first token per turn of a chat, with and without prefix reuse, vs llama-server
 	$(PY) bench/multiturn.py --out bench/results/multiturn.json
 
+.PHONY: bench-serve
+bench-serve: ## Serve step start to first token: released images vs a build on a cache miss (as root; minutes)
+	$(PY) bench/serve.py --out bench/results/serve.json
+
 .PHONY: lint
 lint: $(PY) ## Run ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-build", action="store_true", help="use the images already built")
     parser.add_argument("--ours-image", default=OURS, help=f"tag for our image (default: {OURS})")
     parser.add_argument("--peer-image", default=PEER, help=f"tag for llama-server's (default: {PEER})")
+    parser.add_argument(
+        "--baseline-image",
+        help="an earlier build of our image, started and single-stream measured in the same run",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -274,20 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         "aggregate_runs": args.aggregate_runs,
     }
     servers = {"slimllm": args.ours_image, "llama_server": args.peer_image}
-    for name, image in servers.items():
-        result[name] = {"image_bytes": client.images.get(image).attrs["Size"]}
+    # The baseline (say, the image before a change) joins the starts and the single-stream rounds.
+    single = {**servers, "slimllm_baseline": args.baseline_image} if args.baseline_image else servers
+    for name, image in single.items():
+        result[name] = {"image": image, "image_bytes": client.images.get(image).attrs["Size"]}
 
     # Start -> healthy, alternating between the servers so the model file's page cache and other
     # noise favour neither; the median of three starts each.
-    starts: dict[str, list[float]] = {name: [] for name in servers}
-    for name in alternating(list(servers), 3):
-        server = start(client, name, servers[name], models, model.name, args.threads, 1, 4096)
+    starts: dict[str, list[float]] = {name: [] for name in single}
+    for name in alternating(list(single), 3):
+        server = start(client, name, single[name], models, model.name, args.threads, 1, 4096)
         starts[name].append(server.start_to_healthy)
         server.container.remove(force=True)
-    for name in servers:
+    for name in single:
         result[name]["start_to_healthy_s"] = statistics.median(starts[name])
 
-    with side_by_side(client, servers, models, model.name, args.threads, 1) as running:
+    with side_by_side(client, single, models, model.name, args.threads, 1) as running:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
         for name in alternating(list(running), args.rounds):
             runs[name].append(stream_once(running[name].url, args.tokens))
@@ -327,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.streams
         },
     }
+    if args.baseline_image:
+        base = result["slimllm_baseline"]
+        result["ratios_vs_baseline"] = {
+            "decode_tps_1": ours["decode_tps_1"] / base["decode_tps_1"],
+            "ttft_1": ours["ttft_s_1"] / base["ttft_s_1"],
+            "start_to_healthy": ours["start_to_healthy_s"] / base["start_to_healthy_s"],
+        }
     emit(result, args.out)
     return 0
 

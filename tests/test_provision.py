@@ -275,15 +275,22 @@ def stopped_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     require(os.geteuid() == 0, "starting a second dockerd needs root")
     require(shutil.which("dockerd") is not None, "dockerd is not installed")
     # Short: containerd's sockets go under the exec root, and a unix socket path has 108 bytes.
-    root = Path(f"/tmp/slp-{secrets.token_hex(3)}")
+    token = secrets.token_hex(3)
+    root = Path(f"/tmp/slp-{token}")
     root.mkdir()
+    # A bridge of its own, not `--bridge none`: an engine without a default bridge deletes the
+    # host's docker0, the machine engine's bridge, and with it every later test's networking.
+    bridge = f"slp-{token}"
+    subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
     env = {
         "DOCKER_HOST": f"unix://{root}/docker.sock",
         "SLIMLLM_DOCKERD_LOG": f"{root}/dockerd.log",
         "SLIMLLM_DOCKERD_ARGS": f"--data-root {root}/data --exec-root {root}/exec "
-        f"--pidfile {root}/docker.pid --bridge none --iptables=false --ip6tables=false",
+        f"--pidfile {root}/docker.pid --bridge {bridge} --iptables=false --ip6tables=false "
+        "--ip-masq=false --ip-forward=false",
     }
     try:
+        subprocess.run(["ip", "addr", "add", "10.254.254.1/24", "dev", bridge], check=True)
         yield env
     finally:
         pid_file = root / "docker.pid"
@@ -300,6 +307,7 @@ def stopped_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             if f" {root}/" in line:
                 subprocess.run(["umount", "-l", line.split()[1]], check=False)
         shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
 
 
 @pytest.mark.slow
@@ -318,6 +326,7 @@ def test_an_installed_engine_that_does_not_answer_is_started(stopped_engine: dic
     again = provision("engine", env=stopped_engine)
     assert again.returncode == 0 and "answers, with buildx and compose" in again.stderr
     assert docker_engine_error() is None  # the machine's own engine was not touched
+    assert Path("/sys/class/net/docker0").exists(), "the second engine deleted the host's docker0"
 
 
 # --- the images, through the real CLI -----------------------------------------------------------

@@ -25,7 +25,7 @@ import click
 
 from slimllm.errors import UserError
 from slimllm.runner import released
-from slimllm.runner.images import BAKE_FILE, BakeFile, plan_build, run_build
+from slimllm.runner.images import BAKE_FILE, BakeFile, plan_build, run_build, source_root_option
 from slimllm.runner.released import LOCAL_REGISTRY, Pinned, Release
 
 SERVICES_FILE = Path(__file__).with_name("services.yml")
@@ -273,14 +273,7 @@ def _base_image(root: Path) -> None:
     show_envvar=True,
     help="Tag of the local builds (slimllm/IMAGE:TAG).",
 )
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=".",
-    envvar="SLIMLLM_SOURCE_DIR",
-    show_envvar=True,
-    help="The slimllm source tree (its docker-bake.hcl, .env and actions/serve/images.json).",
-)
+@source_root_option("The slimllm source tree (its docker-bake.hcl, .env and actions/serve/images.json).")
 def images_ensure(
     names: tuple[str, ...],
     build: bool,

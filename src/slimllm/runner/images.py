@@ -17,10 +17,10 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -28,6 +28,8 @@ from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs, split_items
 from slimllm.errors import UserError
 from slimllm.runner import released
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 BAKE_FILE = "docker-bake.hcl"
 CACHE_BACKENDS = ("none", "gha", "registry", "local")
@@ -475,6 +477,18 @@ def render_build_markdown(built: Sequence[Built]) -> str:
     )
 
 
+def source_root_option(help_text: str) -> Callable[[F], F]:
+    """--root: the slimllm source tree a command reads (SLIMLLM_SOURCE_DIR; default: here)."""
+    return click.option(
+        "--root",
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        default=".",
+        envvar="SLIMLLM_SOURCE_DIR",
+        show_envvar=True,
+        help=help_text,
+    )
+
+
 @click.group()
 def images() -> None:
     """Build slimllm's images (what the build action runs)."""
@@ -565,14 +579,7 @@ def images() -> None:
     show_envvar=True,
     help="Write each image's refs, digest and platforms there as JSON (what `images record` reads).",
 )
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=".",
-    envvar="SLIMLLM_SOURCE_DIR",
-    show_envvar=True,
-    help="The slimllm source tree to build from (its docker-bake.hcl defines the builds).",
-)
+@source_root_option("The slimllm source tree to build from (its docker-bake.hcl defines the builds).")
 def images_build(
     names: tuple[str, ...],
     platforms: str,
