@@ -234,6 +234,7 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=11, help="single-stream requests per server")
+    parser.add_argument("--starts", type=int, default=7, help="container starts per server")
     parser.add_argument("--tokens", type=int, default=128, help="completion tokens per request")
     parser.add_argument(
         "--streams",
@@ -284,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         result[name] = {"image": image, "image_bytes": client.images.get(image).attrs["Size"]}
 
     # Start -> healthy, alternating between the servers so the model file's page cache and other
-    # noise favour neither; the median of three starts each.
+    # noise favour neither; the median of --starts starts each.
     starts: dict[str, list[float]] = {name: [] for name in single}
-    for name in alternating(list(single), 3):
+    for name in alternating(list(single), args.starts):
         server = start(client, name, single[name], models, model.name, args.threads, 1, 4096)
         starts[name].append(server.start_to_healthy)
         server.container.remove(force=True)
