@@ -293,6 +293,8 @@ def test_stack_up_serves_the_default_and_a_hugging_face_model_behind_the_chat(
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     port, chat_port = free_port(), free_port()
+    while chat_port in (port, port + 1):  # the second model takes port + 1
+        chat_port = free_port()
     argv = ["stack", "up", "--name", name, "--models", "default", "--model-repo", OWN_REPO, "--model-file",
             own.name, "--models-dir", str(tmp_path / "models"), "--chat", "--no-monitor",
             "--inference-image", stack_images["SLIMLLM_INFERENCE_IMAGE"],

@@ -689,6 +689,12 @@ def test_stack_serves_restarts_a_stopped_server_and_goes_away(
     assert not docker_client.containers.list(
         all=True, filters={"label": f"io.slimllm.action-stack={stack_name}-2"}
     )
+    # The chat on a model's port: said before anything starts.
+    clash = ["stack", "up", "--name", f"{stack_name}-3", "--models-dir", str(default_model.parent),
+             "--inference-image", image.id, "--no-monitor", "--chat", "--port", "18431",
+             "--chat-port", "18431"]  # fmt: skip
+    assert main(clash) == 1
+    assert "chat-port 18431 is also the port of model 'default'" in capsys.readouterr().err
 
     server.kill()
     assert main(["stack", "watch", "--name", stack_name, "--duration", "4s", "--interval", "1"]) == 0

@@ -104,15 +104,19 @@ def up(settings: StackSettings) -> dict[str, Any]:
         raise UserError(
             f"a stack named {settings.name!r} is running already: stop it first (slimllm stack down)"
         )
+    ports = {plan.name: settings.port + index for index, plan in enumerate(settings.models)}
+    clash = next((name for name, port in ports.items() if settings.chat and port == settings.chat_port), None)
+    if clash:
+        raise UserError(
+            f"chat-port {settings.chat_port} is also the port of model {clash!r} (the models take "
+            f"{settings.port}-{settings.port + len(ports) - 1}): choose another port or chat-port"
+        )
     chosen = choose(settings.images(), settings.released, settings.released_source)
     images = resolve(client, chosen, ensure_image)
     fetch_models(settings)
     project = compose.Project(
         name=settings.name,
-        models=[
-            compose.Model(plan.name, plan.environment, settings.port + index)
-            for index, plan in enumerate(settings.models)
-        ],
+        models=[compose.Model(plan.name, plan.environment, ports[plan.name]) for plan in settings.models],
         models_dir=settings.models_dir,
         images=images,
         chat_port=settings.chat_port if settings.chat else None,
@@ -179,7 +183,13 @@ def start(project: compose.Project, timeout: float) -> None:
     if result.returncode == 0:
         return
     client = docker()
-    for container in containers(client, project.name):
+    found = containers(client, project.name)
+    error = compose.compose_error(result)
+    if "Error response from daemon" in error:
+        # The engine would not start one of them (a port in use, ...): the others, still starting
+        # or never started, are not the cause.
+        raise UserError(f"the Docker engine refused to start the stack: {error}")
+    for container in found:
         state = container.attrs.get("State", {})
         health = (state.get("Health") or {}).get("Status", "")
         if container.status in ("exited", "dead"):
@@ -188,7 +198,7 @@ def start(project: compose.Project, timeout: float) -> None:
         if health in ("unhealthy", "starting"):
             raise UserError(f"{container.name} was not healthy in time ({health})")
     # Nothing started and failed: the engine refused (a port in use, an image for another platform).
-    raise UserError(f"the Docker engine refused to start the stack: {compose.compose_error(result)}")
+    raise UserError(f"the Docker engine refused to start the stack: {error}")
 
 
 def connector_registered(tunnel: Any, deadline: float) -> None:
