@@ -227,6 +227,24 @@ def short_ttft(running: dict[str, Running], rounds: int, slots: int, result: dic
         result[name][f"ttft_short_s_{slots}slots"] = median_of(runs[name], "ttft_s")
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every side-by-side bench takes: threads, images, building them, output."""
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every server")
+    parser.add_argument("--skip-build", action="store_true", help="use the images already built")
+    parser.add_argument("--ours-image", default=OURS, help=f"tag for our image (default: {OURS})")
+    parser.add_argument("--peer-image", default=PEER, help=f"tag for llama-server's (default: {PEER})")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Both images built (unless --skip-build) and the embedded model fetched: (models dir, model)."""
+    if not args.skip_build:
+        build_ours(args.ours_image)
+        build_peer(args.peer_image)
+    models = models_dir()
+    return models, fetch(ModelSource("default"), models)
+
+
 def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -245,28 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aggregate-runs", type=int, default=5, help="runs per stream count, the median is reported"
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
     parser.add_argument(
         "--slots",
         type=int,
         default=0,
         help="slots of both servers in the aggregate test (default: the stream count)",
     )
-    parser.add_argument("--skip-build", action="store_true", help="use the images already built")
-    parser.add_argument("--ours-image", default=OURS, help=f"tag for our image (default: {OURS})")
-    parser.add_argument("--peer-image", default=PEER, help=f"tag for llama-server's (default: {PEER})")
     parser.add_argument(
         "--baseline-image",
         help="an earlier build of our image, started and single-stream measured in the same run",
     )
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
 
-    if not args.skip_build:
-        build_ours(args.ours_image)
-        build_peer(args.peer_image)
-    models = models_dir()
-    model = fetch(ModelSource("default"), models)
+    models, model = prepare(args)
     client = docker.from_env()
     result: dict[str, Any] = {
         "date": utc_now(),

@@ -26,19 +26,8 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import chat_ttft, cpu_model, emit, models_dir, utc_now
-from inference import (
-    OURS,
-    PEER,
-    Running,
-    alternating,
-    build_ours,
-    build_peer,
-    fetch,
-    start,
-)
-
-from slimllm.model import ModelSource
+from _common import chat_ttft, cpu_model, emit, utc_now
+from inference import Running, add_server_arguments, alternating, prepare, start
 
 QUESTIONS = [
     "I keep a lighthouse on a small island. Describe what my day looks like in winter.",
@@ -81,18 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=8, help="user turns per conversation (at least 6)")
     parser.add_argument("--rounds", type=int, default=3, help="conversations per server")
     parser.add_argument("--tokens", type=int, default=8, help="completion tokens per turn")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every server")
-    parser.add_argument("--skip-build", action="store_true", help="use the images already built")
-    parser.add_argument("--ours-image", default=OURS, help=f"tag for our image (default: {OURS})")
-    parser.add_argument("--peer-image", default=PEER, help=f"tag for llama-server's (default: {PEER})")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
 
-    if not args.skip_build:
-        build_ours(args.ours_image)
-        build_peer(args.peer_image)
-    models = models_dir()
-    model = fetch(ModelSource("default"), models)
+    models, model = prepare(args)
     client = docker.from_env()
     # name -> (image, cache_prompt)
     servers = {

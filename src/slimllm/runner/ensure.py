@@ -160,21 +160,10 @@ def decide(
     return plan
 
 
-def _has_local(client: Any, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-    except Exception:  # not in the engine
-        return False
-    return True
-
-
 def _has_pinned(client: Any, pinned: Pinned) -> bool:
     """The engine holds the released image by its digest: content-addressed, nothing to check again."""
-    try:
-        image = client.images.get(pinned.ref)
-    except Exception:  # not in the engine
-        return False
-    return pinned.ref in (image.attrs.get("RepoDigests") or [])
+    image = released.local_image(client, pinned.ref)
+    return image is not None and pinned.ref in (image.attrs.get("RepoDigests") or [])
 
 
 def ensure(
@@ -195,7 +184,7 @@ def ensure(
         source,
         build=build,
         explicit=explicit,
-        has_local=lambda ref: _has_local(client, ref),
+        has_local=lambda ref: released.local_image(client, ref) is not None,
         has_pinned=lambda pinned: _has_pinned(client, pinned),
         tag=tag,
     )

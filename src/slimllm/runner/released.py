@@ -202,12 +202,12 @@ def pull_pinned(client: Any, pinned: Pinned, *, attempts: int = 3, delay: float 
             f"released {pinned.digest}: refusing it (no fallback to the tag)"
         )
     started = time.monotonic()
-    local = _local(client, pinned.ref)
+    local = local_image(client, pinned.ref)
     if local is None:
         _retry(
             f"{pinned.image}: pulling {pinned.ref}", lambda: client.images.pull(pinned.ref), attempts, delay
         )
-        local = _local(client, pinned.ref)
+        local = local_image(client, pinned.ref)
     repo_digests = list((local.attrs if local is not None else {}).get("RepoDigests") or [])
     if pinned.ref not in repo_digests:
         raise UserError(
@@ -221,7 +221,8 @@ def pull_pinned(client: Any, pinned: Pinned, *, attempts: int = 3, delay: float 
     )
 
 
-def _local(client: Any, ref: str) -> Any:
+def local_image(client: Any, ref: str) -> Any:
+    """The engine's image `ref`, or None when it has none."""
     try:
         return client.images.get(ref)
     except Exception:  # not in the local engine
