@@ -33,7 +33,7 @@ from slimllm.runner import released
 from slimllm.runner.released import Pinned, Release
 from tests.conftest import REPO_ROOT, require
 from tests.dockerutil import HOST_CA_BUNDLE
-from tests.test_workflows import ACT, STAND_IN, parse_act_log, remote_actions
+from tests.test_workflows import ACT, STAND_IN, read_act_run, remote_actions
 
 REGISTRY = os.environ.get("SLIMLLM_TEST_REGISTRY", "127.0.0.1:5000")
 VERSION = "v1.2.3"
@@ -281,16 +281,9 @@ def _act_serve(published: Published, name: str) -> tuple[int, str, dict[str, lis
     result = subprocess.run(
         args, cwd=published.tree, capture_output=True, text=True, timeout=1800, env=env, check=False
     )
-    entries = []
-    for line in result.stdout.splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            entries.append({"msg": line})
-    run = parse_act_log(entries)
-    output = "\n".join(str(e.get("msg", "")) for e in entries) + "\n" + result.stderr
-    (published.home / f"{name}.log").write_text(output, encoding="utf-8")
-    return result.returncode, output, run.results
+    run = read_act_run(result)
+    (published.home / f"{name}.log").write_text(run.output, encoding="utf-8")
+    return result.returncode, run.output, run.results
 
 
 def test_serve_alone_pulls_the_released_images_by_digest_and_answers(published: Published) -> None:

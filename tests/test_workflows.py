@@ -119,6 +119,11 @@ def run_act(workflow: str, inputs: dict[str, str], workdir: Path, *, timeout: fl
         args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
     (workdir / f"{workflow}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    return read_act_run(result)
+
+
+def read_act_run(result: subprocess.CompletedProcess[str]) -> ActRun:
+    """An act run from its JSON log lines (`--json`; other lines kept as messages)."""
     entries = []
     for line in result.stdout.splitlines():
         try:
