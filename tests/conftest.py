@@ -16,6 +16,9 @@ from slimllm.model import ModelSource, fetch
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The tag every image a test run builds gets (SLIMLLM_TEST_TAG): two checkouts testing on one engine
+# at once keep their images apart.
+TEST_TAG = os.environ.get("SLIMLLM_TEST_TAG", "test")
 
 
 def require(condition: bool, reason: str) -> None:
@@ -86,10 +89,10 @@ def generated_models(models_cache_dir: Path) -> dict[str, Path]:
 # docker-bake.hcl target and the tag a test run builds them as (the same tags the image tests use,
 # so each image is built once per run).
 STACK_IMAGES = {
-    "SLIMLLM_INFERENCE_IMAGE": ("inference", "slimllm/inference:test"),
-    "SLIMLLM_CHAT_IMAGE": ("chat-interface", "slimllm/chat-interface:test"),
-    "SLIMLLM_MONITOR_IMAGE": ("health-monitor", "slimllm/health-monitor:test"),
-    "SLIMLLM_MODEL_INIT_IMAGE": ("model-init", "slimllm/model-init:test"),
+    "SLIMLLM_INFERENCE_IMAGE": ("inference", f"slimllm/inference:{TEST_TAG}"),
+    "SLIMLLM_CHAT_IMAGE": ("chat-interface", f"slimllm/chat-interface:{TEST_TAG}"),
+    "SLIMLLM_MONITOR_IMAGE": ("health-monitor", f"slimllm/health-monitor:{TEST_TAG}"),
+    "SLIMLLM_MODEL_INIT_IMAGE": ("model-init", f"slimllm/model-init:{TEST_TAG}"),
 }
 
 

@@ -24,14 +24,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, TEST_TAG, require
 from tests.dockerutil import build_image, published_port, wait_for_http
 from tests.test_inference import IMAGE as INFERENCE_IMAGE
 from tests.test_inference import inference_image  # noqa: F401  (the servers' image, built once)
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 
-CHAT_IMAGE = "slimllm/chat-interface:test"
+CHAT_IMAGE = f"slimllm/chat-interface:{TEST_TAG}"
 # The image's amd64 budget in .github/size-budgets.json, its one definition (1 MB = 1,000,000 bytes).
 IMAGE_BUDGET_BYTES = int(
     json.loads((REPO_ROOT / ".github" / "size-budgets.json").read_text())["images"]["slimllm/chat-interface"][

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TEST_TAG
 from tests.dockerutil import build_image
 
 pytestmark = pytest.mark.docker
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.docker
 RUNTIME = REPO_ROOT / "app" / "python-runtime"
 STDLIB = "usr/lib/python3.11"
 # The images of tests/test_inference.py and tests/test_chat.py: built once per run.
-IMAGES = {"inference": "slimllm/inference:test", "chat-interface": "slimllm/chat-interface:test"}
+IMAGES = {name: f"slimllm/{name}:{TEST_TAG}" for name in ("inference", "chat-interface")}
 DOCKERFILES = {
     "inference": REPO_ROOT / "app" / "inference" / "Dockerfile",
     "chat-interface": REPO_ROOT / "app" / "chat-interface" / "Dockerfile",

@@ -22,12 +22,13 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 
+from tests.conftest import TEST_TAG
 from tests.dockerutil import build_image, published_port, wait_for_http
 from tests.fakes.hf_hub import serve_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 
-IMAGE = "slimllm/inference:test"
+IMAGE = f"slimllm/inference:{TEST_TAG}"
 RUN_ID = uuid.uuid4().hex[:6]
 # The image's amd64 budget in .github/size-budgets.json, its one definition (1 MB = 1,000,000 bytes).
 IMAGE_BUDGET_BYTES = int(

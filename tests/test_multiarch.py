@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from slimllm.cli import main
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, TEST_TAG, require
 from tests.dockerutil import base_images, build_image, published_port, wait_for_http
 from tests.fakes.openai_backend import REPLY
 from tests.test_base_image import TRIMMED_CHECK
@@ -115,7 +115,7 @@ def images(
         monitor=f"slimllm-test-health-monitor:{RUN_ID}-{ARCH}",
         origin=f"slimllm-test-origin:{RUN_ID}-{ARCH}",
         cloudflared=f"slimllm-test-cloudflared:{RUN_ID}-{ARCH}",
-        chat=f"slimllm/chat-interface:test-{ARCH}",
+        chat=f"slimllm/chat-interface:{TEST_TAG}-{ARCH}",
     )
     seconds: dict[str, float] = {}
 

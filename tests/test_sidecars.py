@@ -30,7 +30,7 @@ import pytest
 
 from slimllm.cli import main
 from slimllm.runner.tunnel import TunnelError, discover_tunnel_url, url_from_log
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, TEST_TAG, require
 from tests.dockerutil import build_image, buildx
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -145,7 +145,7 @@ def cloudflared_image(docker_client: Any, fake_release: Release, target_arch: st
 
 
 # The tag the stack tests run too (tests/conftest.py), so that the image is built once per run.
-MONITOR_IMAGE = "slimllm/health-monitor:test"
+MONITOR_IMAGE = f"slimllm/health-monitor:{TEST_TAG}"
 
 
 @pytest.fixture(scope="module")
