@@ -446,6 +446,8 @@ def choose(page: Any, names: list[str], *, max_tokens: int, temperature: float) 
         box = item.query_selector("input")
         if not box.is_disabled():
             box.set_checked(item.get_attribute("data-model") in names)
+    if page.get_attribute("#settings", "open") is None:
+        page.click("#settings summary")  # the sampling settings are folded away at first
     page.fill("#max-tokens", str(max_tokens))
     page.fill("#temperature", str(temperature))
 
@@ -474,7 +476,8 @@ def test_page_streams_into_two_panes(page: Any, stack: Stack) -> None:
         assert last_answer(page, model).inner_text().strip()
         metrics = page.locator(f'.pane[data-model="{model}"] .metrics').inner_text()
         assert "TTFT" in metrics and "tok/s" in metrics
-    assert last_answer(page, "left").inner_text() == last_answer(page, "right").inner_text()
+    answers = [last_answer(page, m).locator(".content").inner_text() for m in ("left", "right")]
+    assert answers[0] == answers[1]
     page.screenshot(path=str(ARTIFACTS / "two-panes.png"), full_page=True)
     # A second prompt carries each pane's own history.
     ask(page, "And three more.")
