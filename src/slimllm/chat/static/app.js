@@ -264,7 +264,9 @@
     return state.models.find((m) => m.name === name);
   }
 
+  // Before the first /api/models answer the columns are drawn from the conversation alone.
   function chosenModels() {
+    if (!state.models.length) return [...state.current.models];
     return state.current.models.filter((name) => modelOf(name));
   }
 
