@@ -519,6 +519,31 @@ def test_markdown_tables_tasks_code_and_links(browser: Any, site: Site) -> None:
         tab.close()
 
 
+def test_reasoning_is_a_folded_block_of_text(tab: Tab) -> None:
+    # The gateway does not send reasoning yet (issue: reasoning_content); the page is ready for a
+    # `reasoning` field in token events. The stream is played by the browser's router here.
+    events = [
+        ("start", {"model": "alpha"}),
+        ("token", {"model": "alpha", "text": "", "reasoning": PAYLOADS[1] + " let me think", "ttft_ms": 5.0}),
+        ("token", {"model": "alpha", "text": "The **answer**."}),
+        ("done", {"model": "alpha", "ttft_ms": 5.0, "tok_per_s": 40.0, "tokens": 2}),
+        ("final", {"models": {"alpha": "done"}, "elapsed_ms": 9.0}),
+    ]
+    body = "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events)
+    tab.page.route(
+        "**/api/chat/stream",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body),
+    )
+    tab.send("think first")
+    block = tab.answer("alpha").locator("details.reasoning")
+    assert block.get_attribute("open") is None and block.locator("summary").inner_text() == "Reasoning"
+    assert block.locator(".reasoning-text").text_content() == PAYLOADS[1] + " let me think"
+    assert tab.answer("alpha").locator(".content strong").inner_text() == "answer"
+    assert_inert(tab)
+    tab.page.reload()
+    tab.page.wait_for_selector(".msg.assistant details.reasoning")
+
+
 # -- side by side ----------------------------------------------------------------------------
 
 
