@@ -682,13 +682,6 @@
     $("#prompt").value = "";
   }
 
-  function clear() {
-    if (state.controller) return;
-    state.current.turns = [];
-    save();
-    renderPanes();
-  }
-
   // -- layout and keys ----------------------------------------------------------------------
 
   function setSidebar(openIt) {
@@ -741,7 +734,6 @@
   $("#composer").addEventListener("submit", send);
   $("#stop").addEventListener("click", stop);
   $("#regenerate").addEventListener("click", regenerate);
-  $("#clear").addEventListener("click", clear);
   $("#cancel-edit").addEventListener("click", cancelEdit);
   $("#new-chat").addEventListener("click", newChat);
   $("#toggle-sidebar").addEventListener("click", toggleSidebar);
