@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 npm ci --no-audit --no-fund --ignore-scripts
 node node_modules/esbuild/bin/esbuild entry.js --bundle --minify --format=iife --legal-comments=none \
-  --target=es2020 --outfile=../../../src/slimllm/chat/static/vendor.js
+  --target=es2020 --outfile=../../../src/slimllm/chat/static/vendor.js \
+  "--banner:js=/*! markdown-it, highlight.js and their dependencies; licences: /static/vendor-licenses.txt */"
 out=../../../src/slimllm/chat/static/vendor-licenses.txt
 : >"$out"
 for package in markdown-it linkify-it mdurl uc.micro entities punycode.js highlight.js; do
