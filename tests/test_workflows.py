@@ -181,6 +181,7 @@ def test_selftest_workflow_passes_under_act(act: Path, build_inputs: dict[str, s
     assert "unknown image 'no-such-image'" in run.output
     assert "unknown model preset 'no-such-preset'" in run.output
     assert "no stack named 'gone' is running" in run.output
+    assert "refusing to publish the chat through the tunnel without a key" in run.output
     # Hostile strings reached the actions only as data.
     assert "injected command ran" not in run.output
     assert not list(act_home.rglob("pwned"))
@@ -189,7 +190,7 @@ def test_selftest_workflow_passes_under_act(act: Path, build_inputs: dict[str, s
 def test_containerized_chat_interface_workflow_passes_under_act(
     act: Path, build_inputs: dict[str, str], act_home: Path
 ) -> None:
-    inputs = {**build_inputs, "duration": "20s", "models": "default"}
+    inputs = {**build_inputs, "public": "true", "duration": "20s", "models": "default"}
     run = run_act("containerized-chat-interface.yml", inputs, act_home)
     assert run.returncode == 0, run.tail()
     assert run.results == {"chat": ["success"]}, run.tail()
@@ -239,7 +240,7 @@ def test_a_cancelled_serve_job_leaves_nothing_behind(
     included -- and runs the job's steps whose condition holds for a cancelled job: the final
     actions/stop under `if: always()`, whose own steps must say `if: always()` too. Nothing of the
     stack may be left: on a self-hosted runner or any Docker host nothing else would remove it."""
-    inputs = {**build_inputs, "duration": "30m", "models": "default"}
+    inputs = {**build_inputs, "public": "true", "duration": "30m", "models": "default"}
     args, env = act_command("containerized-chat-interface.yml", inputs, act_home)
     log_path = act_home / "cancel.log"
     volumes: set[str] = set()
