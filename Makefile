@@ -132,7 +132,10 @@ STACK_TARGETS = stack $$($(COMPOSE) -f docker-compose.yml config --images 2>/dev
 # (`slimllm images ensure`: the release's, pulled by digest, when actions/serve/images.json records
 # one; else slimllm/IMAGE:local, built only when missing or with BUILD=1), whose references compose
 # gets; then `docker compose up`. A second run finds everything there and only runs compose.
+# Before all that, `slimllm stack publish-check` refuses a tunnel that would publish the chat or
+# a model without its key (unless SLIMLLM_PUBLIC=true).
 stack_up = set -euo pipefail; bash scripts/provision.sh engine; \
+  $(VENV)/bin/slimllm stack publish-check --compose-file $(1) >/dev/null; \
   refs=$$(mktemp); trap 'rm -f "$$refs"' EXIT; \
   SLIMLLM_BUILD_CA='$(wildcard $(BUILD_CA))' $(VENV)/bin/slimllm images ensure $(if $(BUILD),--build) \
     --tag '$(firstword $(subst $(comma), ,$(TAG)))' --env-file "$$refs" $(STACK_TARGETS); \

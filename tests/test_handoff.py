@@ -453,6 +453,8 @@ def replica_settings(
         models_dir=models_dir,
         chat=False,
         tunnel=True,
+        # The stand-in edge's clients send no key: an open endpoint, on purpose.
+        public="true",
         monitor=False,
         inference_image=inference.id,
         chat_image="",

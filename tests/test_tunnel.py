@@ -282,7 +282,7 @@ def test_a_quick_tunnel_stack_registers_warns_and_publishes_a_new_url(
     argv = [
         "stack", "up", "--name", name, "--models", "default", "--models-dir", str(default_model.parent),
         "--inference-image", inference.id, "--chat", "--chat-image", chat.id, "--tunnel",
-        "--cloudflared-image", tunnel_image, "--no-monitor", "--port", str(port),
+        "--public", "true", "--cloudflared-image", tunnel_image, "--no-monitor", "--port", str(port),
         "--chat-port", str(port + 1), "--threads", "1",
     ]  # fmt: skip
     try:
@@ -292,7 +292,8 @@ def test_a_quick_tunnel_stack_registers_warns_and_publishes_a_new_url(
         assert first and re.fullmatch(r"https://test-double-[0-9a-f]{8}\.trycloudflare\.com", first[2])
         assert env_file_value(files["GITHUB_ENV"], "SLIMLLM_TUNNEL_URL") == first[2]
         assert f"{name}-tunnel: registered with the edge" in up_log
-        # Published without a chat key: said in the log (an annotation) and in the summary.
+        # Published without a chat key, as --public asked: said in the log (an annotation) and in
+        # the summary.
         assert "::warning::the chat is published through the tunnel without a key" in up_log
         assert "> **Warning:** the chat is published through the tunnel without a key" in (
             files["GITHUB_STEP_SUMMARY"].read_text()

@@ -14,7 +14,7 @@ from click.decorators import FC
 from slimllm import gha
 from slimllm.clitypes import LINE, parse_pairs
 from slimllm.errors import UserError
-from slimllm.runner import released
+from slimllm.runner import compose, publish, released
 from slimllm.runner.plan import models_dir as _models_dir
 from slimllm.runner.plan import parse_duration, plan_models, preset_list
 from slimllm.runner.stack import StackSettings, containers, docker, dump_logs, mask_secrets, remove, up
@@ -126,6 +126,15 @@ def _name(value: str) -> str:
     help="Publish the chat (or the first model) through cloudflared; TUNNEL_TOKEN picks a named tunnel.",
 )
 @click.option(
+    "--public",
+    default="false",
+    envvar="SLIMLLM_PUBLIC",
+    show_envvar=True,
+    metavar="true|false",
+    help="Publish through the tunnel without a key, open to anyone with the URL; without it a tunnel "
+    "needs SLIMLLM_CHAT_API_KEY (with --chat) or SLIMLLM_API_KEY (without).",
+)
+@click.option(
     "--monitor/--no-monitor",
     default=True,
     envvar="SLIMLLM_MONITOR",
@@ -211,6 +220,7 @@ def stack_up(
     models_dir: Path | None,
     chat: bool,
     tunnel: bool,
+    public: str,
     monitor: bool,
     inference_image: str,
     chat_image: str,
@@ -226,8 +236,10 @@ def stack_up(
 
     Secrets come from the environment only: TUNNEL_TOKEN (a named tunnel), SLIMLLM_API_KEY (asked
     by the servers, sent by the chat), SLIMLLM_CHAT_API_KEY (asked by the chat), HF_TOKEN (gated
-    repos). Step outputs: url (the chat, or the first model), tunnel-url, chat-url, inference-urls
-    (JSON), network, healthy; later steps also find the quick tunnel's URL in SLIMLLM_TUNNEL_URL.
+    repos). With --tunnel, what is published (the chat, or the first model) must ask for its key,
+    unless --public true: otherwise nothing starts. Step outputs: url (the chat, or the first
+    model), tunnel-url, chat-url, inference-urls (JSON), network, healthy; later steps also find
+    the quick tunnel's URL in SLIMLLM_TUNNEL_URL.
 
     An image option left empty takes the release's image recorded in --released-images, pinned by
     digest: the registry must serve that digest under the release tag, else the command fails
@@ -248,6 +260,7 @@ def stack_up(
         models_dir=_models_dir(models_dir),
         chat=chat,
         tunnel=tunnel,
+        public=public,
         monitor=monitor,
         inference_image=inference_image,
         chat_image=chat_image,
@@ -268,6 +281,31 @@ def stack_up(
         gha.set_outputs(outputs)
         if outputs["tunnel-url"]:
             gha.export_env(TUNNEL_URL_VARIABLE, outputs["tunnel-url"])
+
+
+@stack.command("publish-check")
+@click.option(
+    "--compose-file",
+    "-f",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The stack's compose file (e.g., docker-compose.yml).",
+)
+def stack_publish_check(file: Path) -> None:
+    """Refuse a compose stack whose tunnel would publish a service without its key.
+
+    Reads the stack as `docker compose` would run it (COMPOSE_PROFILES and .env included): with
+    the tunnel profile on, the service it publishes must have its key (SLIMLLM_CHAT_API_KEY for the
+    chat, SLIMLLM_API_KEY for a model), unless SLIMLLM_PUBLIC=true. `make start-*` runs it first.
+    """
+    result = compose.compose(file, "config", "--format", "json", timeout=120)
+    if result.returncode != 0:
+        raise UserError(f"docker compose cannot read {file}: {compose.compose_error(result)}")
+    reason = publish.compose_refusal(json.loads(result.stdout))
+    if reason:
+        raise UserError(reason)
+    click.echo(f"{file}: publishing allowed")
 
 
 @stack.command("plan")

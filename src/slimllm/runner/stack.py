@@ -27,17 +27,13 @@ from slimllm.docker_client import EngineError, docker_client
 from slimllm.errors import UserError
 from slimllm.model import ModelError, fetch
 from slimllm.reports.health import Prober, ProbeSettings, build_targets, render_health_markdown, run_health
-from slimllm.runner import compose
+from slimllm.runner import compose, publish
 from slimllm.runner.compose import CHAT_PORT, INFERENCE_PORT, LABEL, ROLE_LABEL
 from slimllm.runner.plan import ModelPlan
 from slimllm.runner.released import Release, choose, resolve
 from slimllm.runner.tunnel import METRICS_PORT, TunnelError, discover_tunnel_url, wait_until_registered
 
 SECRET_VARIABLES = ("TUNNEL_TOKEN", "SLIMLLM_API_KEY", "SLIMLLM_CHAT_API_KEY", "HF_TOKEN")
-OPEN_CHAT_WARNING = (
-    "the chat is published through the tunnel without a key (chat-api-key, SLIMLLM_CHAT_API_KEY): "
-    "anyone with the URL can use it"
-)
 
 
 @dataclass
@@ -56,6 +52,9 @@ class StackSettings:
     chat_port: int
     threads: int | None
     wait_timeout: float
+    # `public` as given ("true", "false", or empty): only "true" publishes without a key
+    # (slimllm.runner.publish).
+    public: str = "false"
     # The release recorded in the action tree (actions/serve/images.json) and where it was read:
     # the images of the services whose image is not given (empty).
     released: Release = field(default_factory=lambda: Release("", {}))
@@ -68,6 +67,17 @@ class StackSettings:
         wanted["tunnel"] = (self.cloudflared_image, self.tunnel)
         wanted["monitor"] = (self.monitor_image, self.monitor)
         return {service: ref for service, (ref, used) in wanted.items() if used}
+
+    def front(self) -> publish.Front:
+        """What the tunnel would publish: the chat, or the first model without it."""
+        return "chat" if self.chat else "inference"
+
+    def check_publishing(self) -> None:
+        """Fail closed before anything starts: a tunnel needs the key of what it publishes, taken
+        from the environment as compose takes it, or `public` true."""
+        front = self.front()
+        key = os.environ.get(publish.KEY_VARIABLES[front], "")
+        publish.check(tunnel=self.tunnel, front=front, key=key, public=self.public)
 
 
 def docker() -> Any:
@@ -99,6 +109,7 @@ def published(container: Any, port: int) -> str:
 
 def up(settings: StackSettings) -> dict[str, Any]:
     """Fetch the models, start the stack, wait until healthy; returns the step outputs."""
+    settings.check_publishing()
     client = docker()
     if containers(client, settings.name):
         raise UserError(
@@ -233,9 +244,12 @@ def report(settings: StackSettings, urls: dict[str, str], chat_url: str, tunnel_
         summary.append(f"- Public: {tunnel_url}")
     elif settings.tunnel:
         summary.append("- Public: your named tunnel's hostname")
-    if settings.chat and settings.tunnel and not os.environ.get("SLIMLLM_CHAT_API_KEY"):
-        gha.warning(OPEN_CHAT_WARNING)
-        summary += ["", f"> **Warning:** {OPEN_CHAT_WARNING}."]
+    front = settings.front()
+    if settings.tunnel and not os.environ.get(publish.KEY_VARIABLES[front], "").strip():
+        # Only with `public` true (check_publishing refused it otherwise): said all the same.
+        warning = publish.open_warning(front)
+        gha.warning(warning)
+        summary += ["", f"> **Warning:** {warning}."]
     gha.append_summary("\n".join(summary) + "\n\n" + render_health_markdown(health))
     return {
         "url": local_url,
