@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import re
@@ -111,10 +112,16 @@ def _grammar_module() -> types.ModuleType:
 def load_converter(path: str) -> types.ModuleType:
     """A private copy of llama-cpp-python's llama_grammar module (the file at `path`) whose
     repetitions are charged to the conversion's budget before they are written out."""
-    spec = importlib.util.spec_from_file_location("slimllm_llama_grammar", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    name = "slimllm_llama_grammar"
+    kind = (
+        importlib.machinery.SourcelessFileLoader
+        if path.endswith(".pyc")
+        else importlib.machinery.SourceFileLoader
+    )
+    loader = kind(name, path)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    loader.exec_module(module)
     module._build_repetition = _charged_repetition(module._build_repetition)  # type: ignore[attr-defined]
     return module
 
