@@ -295,7 +295,9 @@ def _repeats_empty(pattern: str) -> bool:
         return empty
 
     try:
-        alternatives()
+        while i < len(body):
+            alternatives()
+            i += 1  # past a ")" that closes nothing (the converter refuses the pattern)
     except _EmptyRepeat:
         return True
     return False
