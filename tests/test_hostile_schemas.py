@@ -36,7 +36,7 @@ PERSON = {
     "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
     "required": ["name", "age"],
 }
-WARM = [{"type": "string", "maxLength": 1000}, {"type": "string", "pattern": "^(a){0,1000}$"}]
+WARM = [PERSON, {"type": "string", "maxLength": 1000}, {"type": "string", "pattern": "^(a){0,1000}$"}]
 MESSAGES = [{"role": "user", "content": "Give me a person as JSON."}]
 
 
@@ -86,9 +86,9 @@ def target(docker_client: Any, inference_image: Any, default_model: Path) -> Ite
         # Warm: the first requests allocate the compute buffers, and the allocator's arenas
         # (the engine thread's, the worker threads') reach what llama.cpp's grammar sampler
         # takes for one step over the whole vocabulary (tens of MB, kept by the allocator).
-        warm = requests(PERSON) + [requests(schema)[0] for schema in WARM]
-        for route, body in warm:
-            assert target.post(route, {**body, "max_tokens": 2}).status_code == 200
+        for schema in WARM:
+            for route, body in requests(schema):
+                assert target.post(route, {**body, "max_tokens": 2}).status_code == 200
         target.before = target.peak = cgroup_memory(container)
         thread = threading.Thread(target=target.sample, daemon=True)
         thread.start()
