@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from slimllm.inference.structured import wrapped_grammar
+from slimllm.inference.structured import SchemaError, wrapped_grammar
 
 HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
 # Where a call starts, per format; llama3's bare object starts at its first `{`.
@@ -262,7 +262,7 @@ def call_grammar(tools: list[dict[str, Any]], fmt: str, *, parallel: bool) -> st
     """A grammar whose sentences are one call (or, with `parallel`, several) of one of `tools`
     in the model's own format."""
     key = "parameters" if fmt == LLAMA3 else "arguments"
-    schemas = []
+    schemas: list[tuple[str, dict[str, Any], str]] = []
     for i, tool in enumerate(tools):
         function = tool["function"]
         parameters = function.get("parameters") or {"type": "object"}
@@ -274,9 +274,10 @@ def call_grammar(tools: list[dict[str, Any]], fmt: str, *, parallel: bool) -> st
                     "properties": {"name": {"const": function["name"]}, key: parameters},
                     "required": ["name", key],
                 },
+                f"tool {json.dumps(function['name'])} #/call",
             )
         )
-    one = "( " + " | ".join(name for name, _ in schemas) + " )"
+    one = "( " + " | ".join(name for name, _, _ in schemas) + " )"
     more = MAX_PARALLEL_CALLS - 1 if parallel else 0
     if fmt == MISTRAL:
         repeat = f' ( "," space {one} ){{0,{more}}}' if more else ""
@@ -286,4 +287,8 @@ def call_grammar(tools: list[dict[str, Any]], fmt: str, *, parallel: bool) -> st
     else:
         wrapped = f'"<tool_call>" "\\n"? space {one} "\\n"? "</tool_call>"'
         root = f'{wrapped} ( "\\n" {wrapped} ){{0,{more}}}' if more else wrapped
-    return wrapped_grammar(schemas, root)
+    try:
+        return wrapped_grammar(schemas, root)
+    except SchemaError as exc:
+        # Places in the call's schema are the tool's parameters' places in the request.
+        raise SchemaError(str(exc).replace(f"#/call/properties/{key}", "#/parameters")) from None
