@@ -257,7 +257,10 @@ def test_every_service_of_a_rendered_stack_rotates_its_log(
 
     project = stack_compose.Project(
         name="logs",
-        models=[stack_compose.Model("qwen", {"SLIMLLM_PRESET": "qwen"}, 8080), stack_compose.Model("t", {}, 8081)],
+        models=[
+            stack_compose.Model("qwen", {"SLIMLLM_PRESET": "qwen"}, 8080),
+            stack_compose.Model("t2.5", {}, 8081),
+        ],
         models_dir=tmp_path,
         images={"inference": "i:1", "chat": "c:1", "tunnel": "t:1", "monitor": "m:1"},
         chat_port=8000 if chat else None,
@@ -266,8 +269,11 @@ def test_every_service_of_a_rendered_stack_rotates_its_log(
     )
     file = stack_compose.write(project, tmp_path)
     services = json.loads(compose("-f", str(file), "config", "--format", "json").stdout)["services"]
-    assert set(services) == {"qwen", "t", "tunnel", "monitor"} | ({"chat"} if chat else set())
+    assert set(services) == {"qwen", "t2.5", "tunnel", "monitor"} | ({"chat"} if chat else set())
     assert_logs_rotated(services, "rendered stack")
+    # A model whose service name has a dot answers to it (the gateway and the monitor use it).
+    assert services["t2.5"]["environment"]["SLIMLLM_ALLOWED_HOSTS"] == "t2.5,"
+    assert services["qwen"]["environment"]["SLIMLLM_ALLOWED_HOSTS"] == ""
 
 
 def test_log_rotation_is_written_once() -> None:
