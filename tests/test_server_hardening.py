@@ -471,3 +471,49 @@ def test_no_header_gets_a_500(app: str, request: pytest.FixtureRequest) -> None:
             assert status_of(answer) < 500, (lines, answer[:500])
 
     check()
+
+
+# -- the image -----------------------------------------------------------------------------------
+
+
+def test_the_chat_image_checks_host_and_cuts_slow_headers(docker_client: Any) -> None:
+    """The chat container as the stacks run it (its own entrypoint, uvicorn and health check): a
+    rebinding Host gets 400, a slow head 408 after SLIMLLM_CHAT_HEADER_TIMEOUT, and the image's
+    health check (Host 127.0.0.1) still passes."""
+    from tests.conftest import TEST_TAG
+    from tests.dockerutil import build_image, published_port, wait_for_http
+
+    image = f"slimllm/chat-interface:{TEST_TAG}"
+    build_image("chat-interface", image)
+    container = docker_client.containers.run(  # type: ignore[attr-defined]
+        image,
+        detach=True,
+        name=f"slimllm-hardening-{TEST_TAG}-{free_port()}",
+        environment={
+            "SLIMLLM_CHAT_MODELS": "m=http://127.0.0.1:9",
+            "SLIMLLM_CHAT_HEADER_TIMEOUT": "2",
+            "SLIMLLM_CHAT_ALLOWED_HOSTS": "chat.example.org",
+        },
+        ports={"8000/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": ""},
+    )
+    try:
+        port = int(published_port(container, "8000/tcp"))
+        wait_for_http(f"http://127.0.0.1:{port}/health")
+        assert status_of(raw(port, get("/health", b"attacker.example"))) == 400
+        assert status_of(raw(port, get("/health", b"chat.example.org"))) == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            opened = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer = drip(sock, b"X-Slow: " + b"a" * 100)
+            took = time.monotonic() - opened
+        assert answer.startswith(b"HTTP/1.1 408") and 2 <= took < 4, (answer[:100], took)
+        deadline = time.monotonic() + 60
+        while (
+            health := docker_client.api.inspect_container(container.id)["State"]["Health"]["Status"]
+        ) != "healthy":  # type: ignore[attr-defined]
+            assert health != "unhealthy" and time.monotonic() < deadline, health
+            time.sleep(1)
+    finally:
+        container.remove(force=True)
