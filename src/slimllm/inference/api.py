@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -39,7 +39,7 @@ from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
 from slimllm.clitypes import MAX_BODY_BYTES
-from slimllm.hosts import AllowedHosts, HostCheck
+from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, TokenLogprob
@@ -86,7 +86,7 @@ class Settings:
     keepalive_seconds: float = 15.0
     max_tokens_limit: int = 2048
     max_body_bytes: int = MAX_BODY_BYTES
-    allowed_hosts: AllowedHosts = field(default_factory=AllowedHosts)
+    allowed_hosts: AllowedHosts = LOCAL_ONLY  # the Host check (slimllm.hosts)
 
 
 class ServerState:
@@ -545,8 +545,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
             )
         release = admit_embedding(engine)
         try:
-            # Cancelled (between two inputs: one input's few milliseconds of llama.cpp run to their
-            # end) as soon as the client goes away.
+            # Cancelled as soon as the client goes away: the input then in llama.cpp runs to its end
+            # (one call, at most --batch-size tokens), the rest are skipped.
             return await until_disconnect(request.receive, embed_all(engine, req))
         except Disconnected:
             log.info("an embeddings request's client left, the rest of its inputs skipped")
