@@ -1,6 +1,8 @@
-"""Embeddings on the real image and model (issue 28): a request whose client leaves stops, and the
-queue is bounded, on Gemma 3 270M with --embeddings (one container for the module). The app logic
-is tested in process in tests/test_server_hardening.py; this is the same on llama.cpp.
+"""Issue 28's server hardening on the real images, where it lives in them: embeddings on Gemma 3
+270M with --embeddings (one inference container for the module) stop when the client leaves and
+have a bounded queue, and the inference image refuses a rebinding Host; the chat image (its own
+entrypoint, uvicorn and health check) refuses one too and cuts a slow request head. The app logic
+is tested in process in tests/test_server_hardening.py.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import TEST_TAG
+from tests.dockerutil import build_image, published_port, wait_for_http
 from tests.test_inference import (
     Server,
     inference_image,  # noqa: F401  (the inference image, built once)
     run_server,
 )
+from tests.test_server_hardening import drip, free_port, get, raw, status_of
 
 # Many short inputs make a long request: each input is one llama.cpp call (about 1.3 s on two
 # busy cores, 4 s more per request; measured with SLIMLLM_THREADS=2 under load).
@@ -98,3 +103,46 @@ def test_the_embeddings_queue_is_bounded(embedder: Server) -> None:
 def test_the_image_refuses_a_rebinding_host(embedder: Server) -> None:
     assert embedder.get("/v1/models", headers={"Host": "attacker.example"}).status_code == 400
     assert embedder.get("/v1/models", headers={"Host": "inference:8080"}).status_code == 200
+
+
+# -- the image -----------------------------------------------------------------------------------
+
+
+def test_the_chat_image_checks_host_and_cuts_slow_headers(docker_client: Any) -> None:
+    """The chat container as the stacks run it (its own entrypoint, uvicorn and health check): a
+    rebinding Host gets 400, a slow head 408 after SLIMLLM_CHAT_HEADER_TIMEOUT, and the image's
+    health check (Host 127.0.0.1) still passes."""
+    image = f"slimllm/chat-interface:{TEST_TAG}"
+    build_image("chat-interface", image)
+    container = docker_client.containers.run(
+        image,
+        detach=True,
+        name=f"slimllm-hardening-{TEST_TAG}-{free_port()}",
+        environment={
+            "SLIMLLM_CHAT_MODELS": "m=http://127.0.0.1:9",
+            "SLIMLLM_CHAT_HEADER_TIMEOUT": "2",
+            "SLIMLLM_CHAT_ALLOWED_HOSTS": "chat.example.org",
+        },
+        ports={"8000/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": ""},
+    )
+    try:
+        port = int(published_port(container, "8000/tcp"))
+        wait_for_http(f"http://127.0.0.1:{port}/health")
+        assert status_of(raw(port, get("/health", b"attacker.example"))) == 400
+        assert status_of(raw(port, get("/health", b"chat.example.org"))) == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            opened = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer = drip(sock, b"X-Slow: " + b"a" * 100)
+            took = time.monotonic() - opened
+        assert answer.startswith(b"HTTP/1.1 408") and 2 <= took < 4, (answer[:100], took)
+        deadline = time.monotonic() + 60
+        while (
+            health := docker_client.api.inspect_container(container.id)["State"]["Health"]["Status"]
+        ) != "healthy":
+            assert health != "unhealthy" and time.monotonic() < deadline, health
+            time.sleep(1)
+    finally:
+        container.remove(force=True)
