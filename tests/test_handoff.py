@@ -491,6 +491,8 @@ def test_replicas_a_kill_and_a_handoff_lose_no_request(
     base_port = 20000 + uuid.uuid4().int % 5000
     # Set once in the "dashboard": the one hostname, to the alias every stack gives its first model.
     monkeypatch.setenv("TUNNEL_TOKEN", edge.add_tunnel("chat.example.test", "http://inference:8080"))
+    # The named tunnel's hostname, which cloudflared passes on as Host: the servers must know it.
+    monkeypatch.setenv("SLIMLLM_ALLOWED_HOSTS", "chat.example.test")
 
     def settings(name: str, port: int) -> StackSettings:
         return replica_settings(name, port, inference, tunnel_image, default_model.parent)
@@ -617,6 +619,8 @@ def test_stack_up_returns_only_once_the_connector_has_registered(
     built = buildx("--load", "-t", tag, str(tmp_path))
     assert built.returncode == 0, built.stderr[-3000:]
     monkeypatch.setenv("TUNNEL_TOKEN", edge.add_tunnel("chat.example.test", "http://inference:8080"))
+    # The named tunnel's hostname, which cloudflared passes on as Host: the servers must know it.
+    monkeypatch.setenv("SLIMLLM_ALLOWED_HOSTS", "chat.example.test")
     name = f"slow-{uuid.uuid4().hex[:6]}"
     try:
         up(replica_settings(name, 20000 + uuid.uuid4().int % 5000, inference, tag, default_model.parent))

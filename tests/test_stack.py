@@ -229,6 +229,60 @@ def test_services_are_hardened_and_health_checked(compose_cli: None, file: str) 
     assert services["tunnel"]["profiles"] == ["tunnel"]
 
 
+def assert_logs_rotated(services: dict[str, Any], where: str) -> None:
+    """Each service logs to Docker's json-file driver with a size cap and a file count, so that
+    what clients make a service log cannot fill the host's disk (issue 28)."""
+    assert services, where
+    for name, service in services.items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", f"{where}: {name} has no rotated log: {logging}"
+        options = logging.get("options", {})
+        size = re.fullmatch(r"(\d+)([kmg])", str(options.get("max-size", "")))
+        assert size and int(size[1]) > 0, f"{where}: {name}: max-size {options.get('max-size')!r}"
+        assert int(options.get("max-file", 0)) >= 1, f"{where}: {name}: max-file {options.get('max-file')!r}"
+
+
+@pytest.mark.parametrize("file", sorted(STACK_FILES), ids=sorted(STACK_FILES))
+def test_every_service_of_every_stack_rotates_its_log(compose_cli: None, file: str) -> None:
+    assert_logs_rotated(resolved(file)["services"], file)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "no-chat"])
+def test_every_service_of_a_rendered_stack_rotates_its_log(
+    compose_cli: None, tmp_path: Path, chat: bool
+) -> None:
+    """The projects `slimllm stack up` (the serve action) renders: every model, the chat, the
+    tunnel and the monitor."""
+    from slimllm.runner import compose as stack_compose
+
+    project = stack_compose.Project(
+        name="logs",
+        models=[
+            stack_compose.Model("qwen", {"SLIMLLM_PRESET": "qwen"}, 8080),
+            stack_compose.Model("t2.5", {}, 8081),
+        ],
+        models_dir=tmp_path,
+        images={"inference": "i:1", "chat": "c:1", "tunnel": "t:1", "monitor": "m:1"},
+        chat_port=8000 if chat else None,
+        tunnel_metrics_port=20241,
+        monitor=True,
+    )
+    file = stack_compose.write(project, tmp_path)
+    services = json.loads(compose("-f", str(file), "config", "--format", "json").stdout)["services"]
+    assert set(services) == {"qwen", "t2.5", "tunnel", "monitor"} | ({"chat"} if chat else set())
+    assert_logs_rotated(services, "rendered stack")
+    # A model whose service name has a dot answers to it (the gateway and the monitor use it).
+    assert services["t2.5"]["environment"]["SLIMLLM_ALLOWED_HOSTS"] == "t2.5,"
+    assert services["qwen"]["environment"]["SLIMLLM_ALLOWED_HOSTS"] == ""
+
+
+def test_log_rotation_is_written_once() -> None:
+    """One definition: services.yml; no stack file sets a logging driver of its own."""
+    assert SERVICES_FILE.read_text().count("max-size:") == 1
+    for path in REPO_ROOT.glob("docker-compose*.yml"):
+        assert "logging:" not in path.read_text(), path.name
+
+
 @pytest.mark.parametrize("file", sorted(STACK_FILES), ids=sorted(STACK_FILES))
 def test_sidecars_point_at_the_stack_own_services(compose_cli: None, file: str) -> None:
     services = resolved(file)["services"]

@@ -65,6 +65,7 @@ from slimllm.chat.schemas import (
     request_models,
 )
 from slimllm.clitypes import MAX_BODY_BYTES
+from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.limits import (
     BodyLimit,
     ConcurrencyLimiter,
@@ -110,6 +111,7 @@ class Protection:
     rate_limit: int = 30  # generation requests a minute per client
     login_rate_limit: int = 10  # login attempts a minute per client
     trusted_proxies: tuple[Network, ...] = ()
+    allowed_hosts: AllowedHosts = LOCAL_ONLY  # the Host check (slimllm.hosts)
 
 
 def create_app(
@@ -290,7 +292,18 @@ def create_app(
         req = validated(body, embedding_request)
         model = model_or_404(req.model, "model")
         upstream_body = req.model_dump(exclude_none=True, exclude={"model", "user"})
-        return await until_disconnect(request.receive, whole_answer(model, upstream_body, "/v1/embeddings"))
+        # The same in-flight allowance as chat requests: the backend queues (and bounds) the work,
+        # and answers 503 with Retry-After when its queue is full, which is passed on.
+        release = streams.acquire(client_of(request))
+        try:
+            # The backend request is cancelled (its connection closed) as soon as this client goes.
+            return await until_disconnect(
+                request.receive, whole_answer(model, upstream_body, "/v1/embeddings")
+            )
+        except Disconnected:
+            return Response(status_code=499)
+        finally:
+            release()
 
     async def openai_chat(request: Request) -> Response:
         client = client_of(request)
@@ -407,6 +420,7 @@ def create_app(
         exception_handlers=exception_handlers(log),
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(HostCheck, allowed=guard.allowed_hosts, setting="SLIMLLM_CHAT_ALLOWED_HOSTS"),
             Middleware(RequireKey, keyring=keyring),
             Middleware(BodyLimit, max_bytes=guard.max_body_bytes),
         ],

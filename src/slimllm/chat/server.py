@@ -11,6 +11,8 @@ import click
 from slimllm.chat.config import ConfigError, load_models
 from slimllm.clitypes import max_body_option, secret_key
 from slimllm.errors import UserError
+from slimllm.hosts import AllowedHosts
+from slimllm.httpserver import connection_options, server_options
 from slimllm.networks import parse_networks
 
 
@@ -115,6 +117,7 @@ from slimllm.networks import parse_networks
     "container is attached to (in a stack: the stack's own, where the tunnel is); from any other "
     "peer the header is ignored and the peer is the client.",
 )
+@connection_options("SLIMLLM_CHAT")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -137,6 +140,9 @@ def chat_interface(
     max_streams_per_client: int,
     rate_limit: int,
     trusted_proxies: str,
+    allowed_hosts: AllowedHosts,
+    header_timeout: float,
+    idle_timeout: int,
     log_level: str,
 ) -> None:
     """Serve the chat page and API in front of OpenAI-compatible backends.
@@ -178,6 +184,7 @@ def chat_interface(
                 max_streams_per_client=max_streams_per_client,
                 rate_limit=rate_limit,
                 trusted_proxies=networks,
+                allowed_hosts=allowed_hosts,
             ),
         ),
         host=host,
@@ -191,5 +198,6 @@ def chat_interface(
         # Connections still open this long after SIGTERM are cut (sse-starlette ends chat streams
         # at once; gateway streams get the time to finish).
         timeout_graceful_shutdown=5,
+        **server_options(header_timeout=header_timeout, idle_timeout=idle_timeout),
     )
     uvicorn.Server(config).run()

@@ -39,6 +39,7 @@ from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
 from slimllm.clitypes import MAX_BODY_BYTES
+from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, TokenLogprob
@@ -85,6 +86,7 @@ class Settings:
     keepalive_seconds: float = 15.0
     max_tokens_limit: int = 2048
     max_body_bytes: int = MAX_BODY_BYTES
+    allowed_hosts: AllowedHosts = LOCAL_ONLY  # the Host check (slimllm.hosts)
 
 
 class ServerState:
@@ -97,6 +99,8 @@ class ServerState:
         # Rendering and tokenizing happen in worker threads, a few at a time.
         self.text_limiter = anyio.CapacityLimiter(4)
         self.embed_limiter = anyio.CapacityLimiter(1)
+        self.embed_requests = 0  # embedding requests at work or waiting (bounded by --queue-size + 1)
+        self.embed_seconds = 1.0  # how long the last one took, for Retry-After
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -539,6 +543,44 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
                 param="dimensions",
                 code="unsupported",
             )
+        release = admit_embedding(engine)
+        try:
+            # Cancelled as soon as the client goes away: the input then in llama.cpp runs to its end
+            # (one call, at most --batch-size tokens), the rest are skipped.
+            return await until_disconnect(request.receive, embed_all(engine, req))
+        except Disconnected:
+            log.info("an embeddings request's client left, the rest of its inputs skipped")
+            return Response(status_code=499)
+        finally:
+            release()
+
+    def admit_embedding(engine: Engine) -> Callable[[], None]:
+        """A place among the embedding requests in the server (one at work, up to --queue-size
+        waiting), or 503 with Retry-After; the returned release gives it back."""
+        if state.embed_requests >= 1 + engine.queue_size:
+            rejections.inc()
+            seconds = state.embed_seconds * (state.embed_requests + 1)
+            raise ApiError(
+                503,
+                "the server is busy: the embeddings queue is full, retry shortly",
+                code="queue_full",
+                kind="unavailable_error",
+                headers={"Retry-After": str(max(1, min(60, math.ceil(seconds))))},
+            )
+        state.embed_requests += 1
+        started = time.monotonic()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.embed_requests -= 1
+                state.embed_seconds = time.monotonic() - started
+
+        return release
+
+    async def embed_all(engine: Engine, req: EmbeddingRequest) -> Response:
         raw: Any = req.input
         inputs: list[str | list[int]] = (
             [raw] if isinstance(raw, str) else [raw] if isinstance(raw[0], int) else list(raw)
@@ -632,6 +674,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         exception_handlers=exception_handlers(log),
         middleware=[
             Middleware(_Guard, api_key=settings.api_key, counter=http_requests),
+            Middleware(HostCheck, allowed=settings.allowed_hosts, setting="SLIMLLM_ALLOWED_HOSTS"),
             Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         ],
     )

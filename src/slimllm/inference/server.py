@@ -14,6 +14,8 @@ from click.core import ParameterSource
 from slimllm import presets
 from slimllm.clitypes import MAX_BODY_BYTES, max_body_option, secret_key
 from slimllm.errors import UserError
+from slimllm.hosts import LOCAL_ONLY, AllowedHosts
+from slimllm.httpserver import HEADER_TIMEOUT, IDLE_TIMEOUT, connection_options, server_options
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
     ModelError,
@@ -180,6 +182,7 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     show_envvar=True,
     help="Port to listen on.",
 )
+@connection_options("SLIMLLM")
 @click.option(
     "--api-key-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -261,6 +264,9 @@ def _serve(
     chat_template_file: Path | None,
     host: str,
     port: int,
+    allowed_hosts: AllowedHosts,
+    header_timeout: float,
+    idle_timeout: int,
     api_key_file: Path | None,
     queue_size: int,
     max_tokens_limit: int,
@@ -291,6 +297,9 @@ def _serve(
             api_key=api_key,
             host=host,
             port=port,
+            allowed_hosts=allowed_hosts,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
             engine_options={
                 "ctx_size": ctx_size,
                 "threads": threads,
@@ -337,6 +346,9 @@ def run_server(
     log_level: str,
     max_tokens_limit: int = 2048,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allowed_hosts: AllowedHosts = LOCAL_ONLY,
+    header_timeout: float = HEADER_TIMEOUT,
+    idle_timeout: int = IDLE_TIMEOUT,
 ) -> int:
     import uvicorn
 
@@ -359,6 +371,7 @@ def run_server(
             request_timeout=request_timeout,
             max_tokens_limit=max_tokens_limit,
             max_body_bytes=max_body_bytes,
+            allowed_hosts=allowed_hosts,
         ),
         load=lambda: Engine(load_model(), **engine_options),
         on_fatal=on_fatal,
@@ -371,6 +384,7 @@ def run_server(
         lifespan="on",
         timeout_graceful_shutdown=int(shutdown_grace) or None,
         server_header=False,
+        **server_options(header_timeout=header_timeout, idle_timeout=idle_timeout),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -84,6 +84,10 @@ def render(project: Project) -> dict[str, Any]:
 
     for index, model in enumerate(project.models):
         environment = dict(model.environment)
+        if "." in model.name:
+            # The gateway and the monitor call it by its service name, which the Host check allows
+            # only when it has no dot (slimllm.hosts); besides the names the operator lists.
+            environment["SLIMLLM_ALLOWED_HOSTS"] = f"{model.name},${{SLIMLLM_ALLOWED_HOSTS:-}}"
         if project.threads:
             environment["SLIMLLM_THREADS"] = str(project.threads)
         services[model.name] = service(
