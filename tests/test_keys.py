@@ -271,7 +271,7 @@ def test_a_short_key_is_refused_at_start(module: str, variable: str, from_file: 
         args += ["--api-key-file", str(key_file)]
     else:
         env[variable] = short
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=20)
     assert done.returncode == 1, (done.stdout, done.stderr)
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr

@@ -565,7 +565,9 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
 
 
 def metric(service: Service, metric_name: str) -> float:
-    for line in httpx.get(service.url + "/metrics", timeout=10).text.splitlines():
+    # /metrics needs the server's key like every route but /health.
+    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    for line in httpx.get(service.url + "/metrics", headers=headers, timeout=10).text.splitlines():
         if line.startswith(metric_name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric {metric_name}")

@@ -148,44 +148,42 @@ class FailedKeys:
         at = self._known.get(client)
         return at is not None and now - at < self.known_for
 
+    def _fail(self, record: _Failures, now: float, free: int, cap: float) -> None:
+        record.count += 1
+        record.last = now
+        record.until = max(record.until, now + self._delay(record.count, free, cap))
+
     def attempt(self, client: str, ok: bool) -> ApiError | None:
         """Record one key from `client` (`ok`: it was right): a 429 ApiError to answer instead,
         or None to go on (to the route when `ok`, to a 401 when not)."""
         now = self.clock()
         record = self._fresh(self._clients.pop(client, _Failures()), now)
         self._server = self._fresh(self._server, now)
-        waits = [record.until - now]
-        if not self._is_known(client, now):
-            waits.append(self._server.until - now)
-        wait = max(waits)
-        if wait > 0:
+        server_wait = 0.0 if self._is_known(client, now) else self._server.until - now
+        if max(record.until - now, server_wait) > 0:
             if not ok:
-                record.count += 1
-                record.last = now
-                record.until = max(record.until, now + self._delay(record.count, self.client_free, self.client_max))
-                wait = max(wait, record.until - now)
+                self._fail(record, now, self.client_free, self.client_max)
             self._remember(client, record)
-            whose = "this client" if record.until - now >= wait else "this server"
-            return too_many(f"too many failed API keys from {whose}: wait before trying again", wait)
-        if ok:
+            whose = "this client" if record.until - now >= server_wait else "this server"
+            return too_many(
+                f"too many wrong API keys from {whose}: wait before trying again",
+                max(record.until - now, server_wait),
+            )
+        if ok:  # answered; the client's failures are forgotten (its record is not put back)
             self._known[client] = now
             self._known.move_to_end(client)
             while len(self._known) > MAX_CLIENTS:
                 self._known.popitem(last=False)
-            return None  # the client's failures are forgotten
-        record.count += 1
-        record.last = now
-        record.until = now + self._delay(record.count, self.client_free, self.client_max)
+            return None
+        self._fail(record, now, self.client_free, self.client_max)
+        self._remember(client, record)
         if record.count == self.client_free + 1:
             log.warning("%d wrong API keys from %s: it now waits between attempts", record.count, client)
-        self._remember(client, record)
-        server = self._server
-        server.count += 1
-        server.last = now
-        server.until = now + self._delay(server.count, self.global_free, self.global_max)
-        if server.count == self.global_free + 1:
+        self._fail(self._server, now, self.global_free, self.global_max)
+        if self._server.count == self.global_free + 1:
             log.warning(
-                "%d wrong API keys on this server: clients without a recent right key now wait", server.count
+                "%d wrong API keys on this server: clients without a recent right key now wait",
+                self._server.count,
             )
         return None
 

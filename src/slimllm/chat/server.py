@@ -10,8 +10,8 @@ import click
 
 from slimllm.chat.config import ConfigError, load_models
 from slimllm.clitypes import max_body_option
-from slimllm.keys import read_key
 from slimllm.errors import UserError
+from slimllm.keys import read_key
 from slimllm.networks import parse_networks
 
 

@@ -13,8 +13,8 @@ from click.core import ParameterSource
 
 from slimllm import presets
 from slimllm.clitypes import MAX_BODY_BYTES, max_body_option
-from slimllm.keys import read_key
 from slimllm.errors import UserError
+from slimllm.keys import read_key
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
     ModelError,
