@@ -27,7 +27,7 @@ import uvicorn
 from slimllm.chat.app import Protection
 from slimllm.chat.auth import COOKIE
 from slimllm.inference.api import Settings, create_app
-from slimllm.keys import CLIENT_FREE_FAILURES, CLIENT_MAX_BACKOFF_SECONDS, GLOBAL_FREE_FAILURES
+from slimllm.keys import CLIENT_FREE_FAILURES, CLIENT_MAX_BACKOFF_SECONDS, GLOBAL_FREE_FAILURES, FailedKeys
 from slimllm.networks import parse_networks
 from tests.fakes.openai_backend import serve_backend
 from tests.test_gateway_auth import free_port, gateway
@@ -277,3 +277,48 @@ def test_a_short_key_is_refused_at_start(module: str, variable: str, from_file: 
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and "24" in lines[0] and "20 characters" in lines[0]
     assert short not in done.stderr + done.stdout
+
+
+# -- the back-off itself, on a clock of its own --------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_is_capped_forgets_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    failed = FailedKeys(
+        client_free=2, client_max=60.0, global_free=5, global_max=30.0, forget=600.0, clock=clock
+    )
+    assert [failed.attempt("a", ok=False) for _ in range(3)] == [None, None, None]  # answered: 401s
+    waits = []
+    for _ in range(10):  # a client that ignores Retry-After: every wrong key doubles its wait
+        refused = failed.attempt("a", ok=False)
+        assert refused is not None and refused.status == 429
+        waits.append(int(refused.headers["Retry-After"]))
+    assert waits[:6] == [2, 4, 8, 16, 32, 60] and waits[-1] == 60
+    right = failed.attempt("a", ok=True)  # the right key while waiting: refused, but not counted
+    assert right is not None and int(right.headers["Retry-After"]) == 60
+    clock.now += 61
+    assert failed.attempt("a", ok=True) is None  # its wait over, the right key is answered...
+    assert failed.attempt("a", ok=False) is None  # ...and its failures are forgotten
+    # The server: 5 answered failures are free (4 so far); the 6th makes every client without a
+    # recent right key wait.
+    for i in range(2):
+        assert failed.attempt(f"b{i}", ok=False) is None
+    refused = failed.attempt("newcomer", ok=True)
+    assert refused is not None and "this server" in refused.message
+    assert failed.attempt("a", ok=True) is None  # "a" used the right key lately
+    clock.now += 601 + 30
+    assert failed.attempt("newcomer", ok=True) is None  # all forgotten after a quiet while
+    # Bounded: never more than MAX_CLIENTS clients remembered.
+    monkeypatch.setattr("slimllm.keys.MAX_CLIENTS", 50)
+    for i in range(200):
+        failed.attempt(f"c{i}", ok=False)
+        failed.attempt(f"d{i}", ok=True)
+    assert len(failed._clients) <= 50 and len(failed._known) <= 50
