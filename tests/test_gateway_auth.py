@@ -28,7 +28,7 @@ from slimllm.chat.config import load_models
 from slimllm.networks import parse_networks
 from tests.fakes.openai_backend import serve_backend
 
-KEY = "gateway-key-0123456789"
+KEY = "gateway-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -170,9 +170,13 @@ def test_session_cookies_expire_and_cannot_be_forged() -> None:
     session = keyring.new_session(now=1000.0)
     assert keyring.session_valid(session, now=1059.0)
     assert not keyring.session_valid(session, now=1061.0)
-    expiry, mac = session.split(".")
-    assert not keyring.session_valid(f"{int(expiry) + 3600}.{mac}", now=1000.0)
-    assert not Keyring("another-key").session_valid(session, now=1000.0)
+    session_id, mac = session.split(".")
+    flip = {"0": "1", "A": "B"}
+    forged_id = session_id[:-1] + flip.get(session_id[-1], "A")
+    assert not keyring.session_valid(f"{forged_id}.{mac}", now=1000.0)
+    assert not keyring.session_valid(f"{session_id}.{mac[:-1]}{flip.get(mac[-1], '0')}", now=1000.0)
+    # Another key (a restart with a new key) knows no session, and its MAC differs too.
+    assert not Keyring("another-key-0123456789abcdef").session_valid(session, now=1000.0)
 
 
 def test_open_gateway_says_so_in_its_log(

@@ -85,6 +85,9 @@ def test_presets_share_one_format() -> None:
         assert all(key.startswith("SLIMLLM_") for key in values), name
 
 
+KEY = "inference-key-0123456789abcdef"
+
+
 class StandInEngine:
     """Just the attributes the health and metrics routes read."""
 
@@ -114,7 +117,7 @@ def gated_app() -> Iterator[tuple[TestClient, threading.Event, StandInEngine, li
         release.wait(10)
         return engine
 
-    app = create_app(Settings(model_id="m", api_key="k3y"), load=load, on_fatal=fatal.append)
+    app = create_app(Settings(model_id="m", api_key=KEY), load=load, on_fatal=fatal.append)
     with TestClient(app) as client:
         yield client, release, engine, fatal
         release.set()
@@ -133,7 +136,7 @@ def wait_for_status(client: TestClient, status: int) -> Any:
 def test_health_states(gated_app: tuple[TestClient, threading.Event, StandInEngine, list[str]]) -> None:
     client, release, engine, _ = gated_app
     assert client.get("/health").json() == {"status": "loading"}
-    loading = client.get("/v1/models", headers={"Authorization": "Bearer k3y"})
+    loading = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     assert loading.status_code == 503 and loading.headers["Retry-After"]
     release.set()
     assert wait_for_status(client, 200)["status"] == "ok"
@@ -143,7 +146,7 @@ def test_health_states(gated_app: tuple[TestClient, threading.Event, StandInEngi
     assert "stopped" in wait_for_status(client, 503)["reason"]
 
 
-def test_api_key_guards_v1_only(
+def test_api_key_guards_all_but_health(
     gated_app: tuple[TestClient, threading.Event, StandInEngine, list[str]],
 ) -> None:
     client, release, _, _ = gated_app
@@ -151,7 +154,8 @@ def test_api_key_guards_v1_only(
     wait_for_status(client, 200)
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert client.get("/health").status_code == 200
 
 

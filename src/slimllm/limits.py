@@ -111,7 +111,8 @@ def too_many(message: str, retry_after: float) -> ApiError:
         message,
         code="rate_limit_exceeded",
         kind="rate_limit_error",
-        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+        # (until - now) of a wait just set can come out a hair over its length in floating point.
+        headers={"Retry-After": str(max(1, math.ceil(retry_after - 1e-6)))},
     )
 
 

@@ -372,7 +372,14 @@ def create_app(
         except (UnicodeDecodeError, ValueError):
             raise ApiError(400, "the form is not valid", param="key") from None
         key = (fields.get("key") or [""])[0]
-        if not keyring.key_matches(key):
+        refusal = keyring.keys.check(client_of(request), key)
+        if refusal is not None and refusal.status == 429:
+            return HTMLResponse(
+                login_page("Too many wrong keys: wait a while before trying again."),
+                status_code=429,
+                headers={**refusal.headers, "Cache-Control": "no-store"},
+            )
+        if refusal is not None:
             log.warning("a login with a wrong key from %s", client_of(request))
             return HTMLResponse(login_page("That key is not right."), status_code=401)
         response = RedirectResponse("/", status_code=303)
@@ -383,6 +390,8 @@ def create_app(
         return response
 
     async def logout(request: Request) -> Response:
+        if keyring is not None:
+            keyring.end_sessions(request.scope)  # the cookie is refused from now on, even if replayed
         response = RedirectResponse("/login", status_code=303)
         response.headers["Set-Cookie"] = session_cookie("", 0, secure=over_https(request.scope, trusted))
         return response
@@ -421,7 +430,7 @@ def create_app(
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(HostCheck, allowed=guard.allowed_hosts, setting="SLIMLLM_CHAT_ALLOWED_HOSTS"),
-            Middleware(RequireKey, keyring=keyring),
+            Middleware(RequireKey, keyring=keyring, trusted=trusted),
             Middleware(BodyLimit, max_bytes=guard.max_body_bytes),
         ],
     )

@@ -2,13 +2,18 @@
 the page.
 
 With a key set, every route but `/health` and `/login` needs one of
-- `Authorization: Bearer <key>` (compared in constant time), or
-- the session cookie the login form sets: `<expiry>.<HMAC-SHA256 of the expiry>`, keyed by a
-  secret derived from the API key, so a cookie is not the key, expires, and stays valid across
-  restarts while the key does not change. It is HttpOnly, SameSite=Strict, Path=/, and Secure when
-  the request came over HTTPS (directly, or through a trusted proxy saying so).
+- `Authorization: Bearer <key>` (one such header; slimllm.keys compares in constant time and backs
+  off a client, and the whole server, after too many wrong keys: 429 with Retry-After), or
+- the session cookie the login form sets: `<session id>.<HMAC-SHA256 of the id>`. The id is 32
+  random bytes that this process keeps (at most MAX_SESSIONS, each for SESSION_SECONDS); the MAC is
+  keyed by a secret derived from the API key. So a cookie is not the key, expires, and ends when
+  the user logs out (POST /logout forgets its id: the cookie is refused even if replayed), when
+  the key changes, and when the gateway restarts (log in again). It is HttpOnly, SameSite=Strict,
+  Path=/, and Secure when the request came over HTTPS (directly, or through a trusted proxy
+  saying so).
 A request without either gets 401: a browser asking for a page gets the login form with it, any
-other client OpenAI's error shape with `WWW-Authenticate: Bearer`.
+other client OpenAI's error shape with `WWW-Authenticate: Bearer`. A login with a wrong key counts
+as a wrong key for the back-off.
 
 This key is the gateway's alone; the backends' keys (SLIMLLM_CHAT_KEY_<NAME>) are never accepted
 from clients nor sent to them.
@@ -19,56 +24,95 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import re
+import secrets
 import time
+from collections import OrderedDict
 
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from slimllm.limits import from_trusted_proxy
+from slimllm.keys import KeyCheck, bearer
+from slimllm.limits import MAX_CLIENTS, client_key, from_trusted_proxy
 from slimllm.networks import Network
 from slimllm.openai_errors import ApiError
 
 COOKIE = "slimllm_chat_session"
 OPEN_PATHS = frozenset({"/health", "/login"})
 SESSION_SECONDS = 12 * 3600
+# Sessions kept at once; a login past this ends the oldest session.
+MAX_SESSIONS = MAX_CLIENTS
+_SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{43}")
 
 
 class Keyring:
-    """Checks bearer tokens and session cookies against the gateway's key."""
+    """The gateway's key (slimllm.keys.KeyCheck) and the sessions of the login form."""
 
     def __init__(self, api_key: str, session_seconds: int = SESSION_SECONDS) -> None:
-        self._key = api_key.encode()
-        self._secret = hmac.new(self._key, b"slimllm chat session", hashlib.sha256).digest()
+        self.keys = KeyCheck(api_key)
+        self._secret = hmac.new(api_key.encode(), b"slimllm chat session", hashlib.sha256).digest()
         self.session_seconds = session_seconds
+        self._sessions: OrderedDict[bytes, float] = OrderedDict()  # id -> expiry (monotonic)
 
-    def key_matches(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._key)
-
-    def _mac(self, expiry: str) -> str:
-        return hmac.new(self._secret, expiry.encode(), hashlib.sha256).hexdigest()
+    def _mac(self, session_id: bytes) -> bytes:
+        return hmac.new(self._secret, session_id, hashlib.sha256).hexdigest().encode()
 
     def new_session(self, now: float | None = None) -> str:
-        expiry = str(int((now or time.time()) + self.session_seconds))
-        return f"{expiry}.{self._mac(expiry)}"
+        now = time.monotonic() if now is None else now
+        while self._sessions and next(iter(self._sessions.values())) <= now:
+            self._sessions.popitem(last=False)  # expired (sessions expire in the order they began)
+        while len(self._sessions) >= MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        session_id = secrets.token_urlsafe(32).encode()
+        self._sessions[session_id] = now + self.session_seconds
+        return f"{session_id.decode()}.{self._mac(session_id).decode()}"
 
-    def session_valid(self, value: str, now: float | None = None) -> bool:
-        expiry, _, mac = value.partition(".")
-        if not expiry.isdigit() or not hmac.compare_digest(mac, self._mac(expiry)):
-            return False
-        return int(expiry) > (now or time.time())
+    def _session_id(self, value: bytes) -> bytes | None:
+        """The id of a cookie value this gateway signed, else None."""
+        session_id, _, mac = value.partition(b".")
+        if not _SESSION_ID.fullmatch(session_id) or not hmac.compare_digest(mac, self._mac(session_id)):
+            return None
+        return session_id
 
-    def authorised(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and self.key_matches(token.strip()):
-                    return True
-            elif name == b"cookie":
-                for part in value.decode("latin-1").split(";"):
-                    cookie, _, cookie_value = part.strip().partition("=")
-                    if cookie == COOKIE and self.session_valid(cookie_value):
-                        return True
-        return False
+    def session_valid(self, value: bytes | str, now: float | None = None) -> bool:
+        raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        session_id = self._session_id(raw)
+        expiry = None if session_id is None else self._sessions.get(session_id)
+        return expiry is not None and expiry > (time.monotonic() if now is None else now)
+
+    def end_sessions(self, scope: Scope) -> None:
+        """Forget the sessions of the request's cookies (logout)."""
+        for value in cookies(scope, COOKIE):
+            session_id = self._session_id(value)
+            if session_id is not None:
+                self._sessions.pop(session_id, None)
+
+    def has_session(self, scope: Scope) -> bool:
+        return any(self.session_valid(value) for value in cookies(scope, COOKIE))
+
+    def refusal(self, scope: Scope, client: str) -> ApiError | None:
+        """None when the request may pass: a valid session cookie, or the key as its bearer token;
+        else the error to answer (400 for several Authorization headers, 401, or 429)."""
+        try:
+            token = bearer(scope)
+        except ApiError as exc:
+            return exc
+        if self.has_session(scope):
+            return None
+        return self.keys.check(client, token)
+
+
+def cookies(scope: Scope, name: str) -> list[bytes]:
+    """The values of the request's cookies called `name`, as bytes."""
+    wanted = name.encode()
+    found = []
+    for header_name, value in scope["headers"]:
+        if header_name == b"cookie":
+            for part in value.split(b";"):
+                cookie, _, cookie_value = part.strip().partition(b"=")
+                if cookie == wanted:
+                    found.append(cookie_value.strip())
+    return found
 
 
 def header(scope: Scope, wanted: bytes) -> str:
@@ -123,26 +167,20 @@ def wants_html(scope: Scope) -> bool:
 class RequireKey:
     """ASGI middleware: 401 for every route but OPEN_PATHS without the key (see the module doc)."""
 
-    def __init__(self, app: ASGIApp, keyring: Keyring | None) -> None:
-        self.app, self.keyring = app, keyring
+    def __init__(self, app: ASGIApp, keyring: Keyring | None, trusted: list[Network] | None = None) -> None:
+        self.app, self.keyring, self.trusted = app, keyring, trusted or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or self.keyring is None
-            or scope["path"] in OPEN_PATHS
-            or self.keyring.authorised(scope)
-        ):
+        if scope["type"] != "http" or self.keyring is None or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        refusal = self.keyring.refusal(scope, client_key(scope, self.trusted))
+        if refusal is None:
             await self.app(scope, receive, send)
             return
         response: Response
-        if wants_html(scope):
+        if refusal.status == 401 and wants_html(scope):
             response = HTMLResponse(login_page(), status_code=401, headers={"Cache-Control": "no-store"})
         else:
-            response = ApiError(
-                401,
-                "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            ).response()
+            response = refusal.response()
         await response(scope, receive, send)

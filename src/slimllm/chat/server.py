@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import max_body_option, secret_key
+from slimllm.clitypes import max_body_option
 from slimllm.errors import UserError
 from slimllm.hosts import AllowedHosts
 from slimllm.httpserver import connection_options, server_options
+from slimllm.keys import read_key
 from slimllm.networks import parse_networks
 
 
@@ -79,8 +80,8 @@ from slimllm.networks import parse_networks
     envvar="SLIMLLM_CHAT_API_KEY_FILE",
     show_envvar=True,
     help="File holding the chat's own API key (e.g., a Docker secret); the key itself can be given "
-    "as SLIMLLM_CHAT_API_KEY, never on the command line. With a key, every route but /health and "
-    "/login needs it: a bearer token, or the session cookie of the login form.",
+    "as SLIMLLM_CHAT_API_KEY, never on the command line; at least 24 characters. With a key, every "
+    "route but /health and /login needs it: a bearer token, or the session cookie of the login form.",
 )
 @max_body_option("SLIMLLM_CHAT_MAX_BODY_BYTES")
 @click.option(
@@ -158,7 +159,7 @@ def chat_interface(
         configs = load_models(models_spec, models_file, os.environ)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    api_key = secret_key("SLIMLLM_CHAT_API_KEY", api_key_file)
+    api_key = read_key("SLIMLLM_CHAT_API_KEY", api_key_file)
     try:
         networks = tuple(parse_networks(trusted_proxies))
     except ValueError as exc:

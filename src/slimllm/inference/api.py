@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hmac
 import json
 import logging
 import math
@@ -62,7 +61,8 @@ from slimllm.inference.schemas import (
     request_models,
 )
 from slimllm.inference.structured import SchemaError, json_object_grammar, schema_grammar
-from slimllm.limits import BodyLimit, Disconnected, until_disconnect
+from slimllm.keys import KeyCheck, bearer
+from slimllm.limits import BodyLimit, Disconnected, client_key, until_disconnect
 from slimllm.model import ModelError
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 from slimllm.openapi import document, parse
@@ -680,8 +680,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     )
 
 
-_OPEN_ROUTES = frozenset({"/health", "/metrics"})
+_OPEN_ROUTES = frozenset({"/health"})
 _ROUTES = _OPEN_ROUTES | {
+    "/metrics",
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",
@@ -694,12 +695,12 @@ _ROUTES = _OPEN_ROUTES | {
 
 
 class _Guard:
-    """API-key check on every route but the probes, and a request counter, as plain ASGI so
-    streams pass through."""
+    """API-key check on every route but the probe (slimllm.keys: one Authorization header, failed
+    keys backed off), and a request counter, as plain ASGI so streams pass through."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, counter: Counter) -> None:
         self.app, self.counter = app, counter
-        self.api_key = api_key.encode() if api_key else None
+        self.keys = KeyCheck(api_key) if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -715,25 +716,18 @@ class _Guard:
             await send(message)
 
         try:
-            if self.api_key is not None and path not in _OPEN_ROUTES and not self._authorised(scope):
-                response = ApiError(
-                    401,
-                    "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                    code="invalid_api_key",
-                ).response()
-                await response(scope, receive, counting_send)
+            refusal = None
+            if self.keys is not None and path not in _OPEN_ROUTES:
+                try:
+                    refusal = self.keys.check(client_key(scope, []), bearer(scope))
+                except ApiError as exc:
+                    refusal = exc
+            if refusal is not None:
+                await refusal.response()(scope, receive, counting_send)
                 return
             await self.app(scope, receive, counting_send)
         finally:
             self.counter.labels(route=route, status=str(status_seen["code"])).inc()
-
-    def _authorised(self, scope: Scope) -> bool:
-        assert self.api_key is not None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
-        return False
 
 
 def _retry_after(engine: Engine) -> int:

@@ -509,8 +509,7 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
             "/metrics",
             "GET",
             "Prometheus metrics",
-            {200: Reply("Prometheus text format", media="text/plain")},
-            secured=False,
+            {200: Reply("Prometheus text format", media="text/plain"), **_errors(401)},
         ),
         Operation(
             "/openapi.json",

@@ -12,10 +12,11 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
-from slimllm.clitypes import MAX_BODY_BYTES, max_body_option, secret_key
+from slimllm.clitypes import MAX_BODY_BYTES, max_body_option
 from slimllm.errors import UserError
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts
 from slimllm.httpserver import HEADER_TIMEOUT, IDLE_TIMEOUT, connection_options, server_options
+from slimllm.keys import read_key
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
     ModelError,
@@ -189,7 +190,7 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     envvar="SLIMLLM_API_KEY_FILE",
     show_envvar=True,
     help="File holding the API key (e.g., a Docker secret). The key itself "
-    "can be given as SLIMLLM_API_KEY; it is never accepted on the command line.",
+    "can be given as SLIMLLM_API_KEY; it is never accepted on the command line. At least 24 characters.",
 )
 @click.option(
     "--queue-size",
@@ -240,7 +241,7 @@ def serve(ctx: click.Context, /, preset: str | None, **options: Any) -> None:
     Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings (with
     --embeddings), GET /v1/models, GET /props,
     POST /apply-template, POST /tokenize, GET /health, GET /metrics (Prometheus). With an API key
-    set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
+    set, every route but /health needs `Authorization: Bearer <key>`.
     """
     _resolve_preset(ctx, preset, options)
     _serve(**options)
@@ -276,7 +277,7 @@ def _serve(
     log_level: str,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = secret_key("SLIMLLM_API_KEY", api_key_file)
+    api_key = read_key("SLIMLLM_API_KEY", api_key_file)
     template = None
     if chat_template_file is not None:
         try:
