@@ -1,7 +1,8 @@
 """The gateway's own API key: a bearer token for API clients, a login form and a session cookie for
 the page.
 
-With a key set, every route but `/health` and `/login` needs one of
+With a key set, every route but OPEN_PATHS (`/health`, `/login` and the login form's stylesheet and
+icon) needs one of
 - `Authorization: Bearer <key>` (one such header; slimllm.keys compares in constant time and backs
   off a client, and the whole server, after too many wrong keys: 429 with Retry-After), or
 - the session cookie the login form sets: `<session id>.<HMAC-SHA256 of the id>`. The id is 32
