@@ -100,6 +100,7 @@ def test_login_page_is_styled_and_its_error_is_an_alert(
         header = page.locator("#top").bounding_box()
         assert header["y"] == 0 and header["width"] == context["viewport"]["width"]
 
+        page.screenshot(path=str(ARTIFACTS / f"login-{name}-first.png"))  # as a visitor first sees it
         page.fill("#key", "not the key")
         page.click('button[type="submit"]')
         alert = page.locator('#login-error[role="alert"]')
@@ -120,7 +121,7 @@ def test_login_page_is_styled_and_its_error_is_an_alert(
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         assert card["x"] >= 0 and card["x"] + card["width"] <= width
         assert page.locator("#key").bounding_box()["width"] > (250 if name == "phone" else 300)
-        path = ARTIFACTS / f"login-{name}.png"
+        path = ARTIFACTS / f"login-{name}.png"  # after a wrong key
         page.screenshot(path=str(path))
         assert path.stat().st_size > 5_000
     finally:
