@@ -1,7 +1,8 @@
 """The gateway's own API key: a bearer token for API clients, a login form and a session cookie for
 the page.
 
-With a key set, every route but `/health` and `/login` needs one of
+With a key set, every route but OPEN_PATHS (`/health`, `/login` and the login form's stylesheet and
+icon) needs one of
 - `Authorization: Bearer <key>` (one such header; slimllm.keys compares in constant time and backs
   off a client, and the whole server, after too many wrong keys: 429 with Retry-After), or
 - the session cookie the login form sets: `<session id>.<HMAC-SHA256 of the id>`. The id is 32
@@ -38,7 +39,11 @@ from slimllm.networks import Network
 from slimllm.openai_errors import ApiError
 
 COOKIE = "slimllm_chat_session"
-OPEN_PATHS = frozenset({"/health", "/login"})
+# What the login form loads (one stylesheet for every page, so one definition of the colours): open to
+# a visitor without a session, as the form itself is; the rest of /static needs the key.
+LOGIN_STYLESHEET = "/static/style.css"
+LOGIN_ICON = "/static/favicon.svg"
+OPEN_PATHS = frozenset({"/health", "/login", LOGIN_STYLESHEET, LOGIN_ICON})
 SESSION_SECONDS = 12 * 3600
 # Sessions kept at once; a login past this ends the oldest session.
 MAX_SESSIONS = MAX_CLIENTS
@@ -136,24 +141,35 @@ def session_cookie(value: str, max_age: int, *, secure: bool) -> str:
 
 
 def login_page(message: str = "") -> str:
-    """The login form: plain HTML, no script, no style (the CSP allows neither inline)."""
-    notice = f'<p id="login-error" role="alert">{html.escape(message)}</p>' if message else ""
+    """The login form: plain HTML, no script, no inline style (the CSP allows neither); styled by
+    the chat page's stylesheet (LOGIN_STYLESHEET, open without the key), light or dark as the
+    system is. `message` (escaped here) is shown as an alert above the form."""
+    notice = (
+        f'<p id="login-error" class="login-error" role="alert">{html.escape(message)}</p>' if message else ""
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
 <title>slimllm chat: log in</title>
+<link rel="icon" href="{LOGIN_ICON}" type="image/svg+xml">
+<link rel="stylesheet" href="{LOGIN_STYLESHEET}">
 </head>
-<body>
+<body class="login-page">
+<header id="top"><h1>slimllm chat</h1></header>
 <main>
-<h1>slimllm chat</h1>
-<p>This chat needs its key.</p>
+<section class="login-card" aria-labelledby="login-title">
+<h2 id="login-title">Log in</h2>
+<p class="hint">This chat needs its key.</p>
 {notice}
 <form method="post" action="/login">
-<label>key <input type="password" name="key" autocomplete="current-password" required autofocus></label>
+<label for="key">Key</label>
+<input id="key" type="password" name="key" autocomplete="current-password" required autofocus>
 <button type="submit">Log in</button>
 </form>
+</section>
 </main>
 </body>
 </html>
