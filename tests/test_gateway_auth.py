@@ -277,3 +277,17 @@ def test_body_limit_is_413_in_openai_shape(fake: tuple[str, list[list[Any]]]) ->
 
         chunked = httpx.post(url + "/api/chat/stream", content=chunks())
         assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_browser_over_the_login_limit_gets_the_form_saying_how_long_to_wait(
+    fake: tuple[str, list[list[Any]]],
+) -> None:
+    base, _ = fake
+    protection = Protection(api_key=KEY, login_rate_limit=1)
+    with gateway(f"xss={base}/xss", protection) as (url, _):
+        first = httpx.post(url + "/login", data={"key": "not-the-key-but-long-enough"})
+        second = httpx.post(url + "/login", data={"key": "not-the-key-but-long-enough"})
+    assert first.status_code == 401
+    assert second.status_code == 429 and second.headers["content-type"].startswith("text/html")
+    wait = second.headers["Retry-After"]
+    assert f"wait {wait} seconds" in second.text and '<form method="post" action="/login"' in second.text

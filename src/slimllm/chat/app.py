@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slimllm import __version__
-from slimllm.chat.auth import Keyring, RequireKey, login_page, over_https, session_cookie
+from slimllm.chat.auth import Keyring, RequireKey, login_page, login_refusal, over_https, session_cookie
 from slimllm.chat.backends import (
     Model,
     NoInstance,
@@ -363,7 +363,10 @@ def create_app(
         return HTMLResponse(login_page(), headers={"Cache-Control": "no-store"})
 
     async def login(request: Request) -> Response:
-        login_rate.check(client_of(request))
+        try:
+            login_rate.check(client_of(request))
+        except ApiError as exc:
+            return login_refusal(exc)
         raw = await request.body()
         if keyring is None:
             return RedirectResponse("/", status_code=303)
@@ -374,11 +377,7 @@ def create_app(
         key = (fields.get("key") or [""])[0]
         refusal = keyring.keys.check(client_of(request), key)
         if refusal is not None and refusal.status == 429:
-            return HTMLResponse(
-                login_page("Too many wrong keys: wait a while before trying again."),
-                status_code=429,
-                headers={**refusal.headers, "Cache-Control": "no-store"},
-            )
+            return login_refusal(refusal)
         if refusal is not None:
             log.warning("a login with a wrong key from %s", client_of(request))
             return HTMLResponse(login_page("That key is not right."), status_code=401)

@@ -194,9 +194,15 @@ class RequireKey:
         if refusal is None:
             await self.app(scope, receive, send)
             return
-        response: Response
-        if refusal.status == 401 and wants_html(scope):
-            response = HTMLResponse(login_page(), status_code=401, headers={"Cache-Control": "no-store"})
-        else:
-            response = refusal.response()
+        response = login_refusal(refusal) if wants_html(scope) else refusal.response()
         await response(scope, receive, send)
+
+
+def login_refusal(refusal: ApiError) -> Response:
+    """A refusal as a browser sees it: the login form, saying how long to wait after a 429."""
+    headers = {**refusal.headers, "Cache-Control": "no-store"}
+    if refusal.status != 429:
+        return HTMLResponse(login_page(), status_code=refusal.status, headers=headers)
+    wait = refusal.headers.get("Retry-After", "a few")
+    message = f"Too many wrong keys or attempts: wait {wait} seconds before trying again."
+    return HTMLResponse(login_page(message), status_code=429, headers=headers)
