@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
 
+from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS
 from slimllm.inference.schemas import (
     INT32,
     ChatFields,
@@ -20,7 +21,7 @@ from slimllm.inference.schemas import (
     ResponseFormat,
     StreamOptions,
 )
-from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
+from slimllm.openapi import Body, ErrorResponse, Integer, OpenShape, Operation, Reply, Shape
 
 # Server-side knobs of llama-server (and this project's inference server) that a public gateway
 # refuses: they make a request hold a slot longer or reach into the server's state.
@@ -59,12 +60,12 @@ class GatewaySampling(Body):
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=INT32)
+    top_k: Integer | None = Field(None, ge=0, le=INT32)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64)
+    seed: Integer | None = Field(None, ge=-(2**63), le=2**64)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
 
 
@@ -75,7 +76,7 @@ class ChatCompletionRequestBase(ChatFields, GatewaySampling):
     model: str = Field(description="The name of a configured model (GET /v1/models).")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, le=1)
+    n: Integer | None = Field(None, ge=1, le=1)
     response_format: ResponseFormat | None = None
     user: str | None = Field(None, description="Accepted and not forwarded.")
 
@@ -101,26 +102,27 @@ class StreamRequestBase(GatewaySampling):
 
 
 def request_models(
-    max_tokens_limit: int, names: list[str]
+    max_tokens_limit: int, names: list[str], default_max_tokens: int = GATEWAY_DEFAULT_MAX_TOKENS
 ) -> tuple[type[GatewaySampling], type[GatewaySampling], type[GatewayEmbeddingRequest]]:
     """(gateway chat request, stream request, embedding request) with `max_tokens` bounded by the
     gateway's limit and the configured model names listed (another name gets 404 model_not_found)."""
+    default = min(default_max_tokens, max_tokens_limit)
     bound = Field(
-        None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit} (default: that limit)."
+        None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit}; default {default}."
     )
     listed: dict[str, Any] = {"enum": names}
     chat: type[GatewaySampling] = create_model(
         "ChatCompletionRequest",
         __base__=ChatCompletionRequestBase,
-        max_tokens=(int | None, bound),
-        max_completion_tokens=(int | None, bound),
+        max_tokens=(Integer | None, bound),
+        max_completion_tokens=(Integer | None, bound),
         model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
     )
     stream: type[GatewaySampling] = create_model(
         "StreamRequest",
         __base__=StreamRequestBase,
-        max_tokens=(int | None, bound),
-        max_completion_tokens=(int | None, bound),
+        max_tokens=(Integer | None, bound),
+        max_completion_tokens=(Integer | None, bound),
         models=(
             list[Annotated[str, Field(json_schema_extra=listed)]],
             Field(
