@@ -56,8 +56,10 @@ class FakeEngine:
         self.chat = JinjaChatTemplate(template, "", "", "test")
         self.tool_format = toolcalls.GENERIC
         self.model_path = Path("/models/fake.gguf")
-        self.ctx_per_slot, self.n_vocab, self.batch_size = 4096, 256, 512
-        self.embeddings, self.n_embd = False, 8
+        self.ctx_per_slot, self.n_vocab, self.batch_size = 16384, 256, 512  # bytes: ~4 per real token
+        self.embeddings, self.n_embd, self.pooling_name = False, 8, None
+        self.general_name, self.architecture, self.bos_token, self.eos_token = "fake", "fake", "", ""
+        self.n_ctx_train, self.n_params, self.size_bytes = 4096, 1, 1
         self.slots_count, self.active, self.waiting = 1, 0, 0
         self.busy, self.last_progress, self.stats = False, time.monotonic(), Stats()
         self.jobs: list[Job] = []
@@ -66,10 +68,10 @@ class FakeEngine:
         return chr(token)
 
     def chat_tokens(self, rendered: str) -> list[int]:
-        return list(rendered.encode())
+        return [1, *rendered.encode()]  # a BOS first, as Gemma's
 
     def completion_prompt(self, text: str) -> list[int]:
-        return list(text.encode())
+        return [1, *text.encode()]
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         return list(text.encode())
@@ -210,6 +212,16 @@ def test_an_integer_valued_float_seed_is_that_integer(served: tuple[str, FakeEng
     assert engine.jobs[-1].max_tokens == 3
     answer = chat(url, {"messages": USER, "seed": 1.5})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "seed", answer.text
+
+
+def test_a_literal_takes_only_its_own_json_type(served: tuple[str, FakeEngine]) -> None:
+    """Found by schemathesis: Python takes 0 for False and True for 1, JSON Schema does not."""
+    url, _ = served
+    for extra, param in [({"echo": 0}, "echo"), ({"best_of": True}, "best_of")]:
+        answer = httpx.post(url + "/v1/completions", json={"prompt": "x", **extra}, timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    answer = httpx.post(url + "/v1/completions", json={"prompt": "x", "echo": False, "best_of": 1.0})
+    assert answer.status_code == 200, answer.text
 
 
 # -- the route table -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from slimllm.openai_errors import ApiError
@@ -29,8 +29,11 @@ def _integral(value: Any) -> Any:
     return value
 
 
-# A request body's integer (strict mode otherwise refuses 3.0).
+# A request body's integer (strict mode otherwise refuses 3.0); the optional one takes Field
+# bounds outside (they become the JSON Schema's minimum/maximum).
 Integer = Annotated[int, BeforeValidator(_integral)]
+OptionalInteger = Annotated[int | None, BeforeValidator(_integral)]
+NonNegativeInteger = Annotated[int, Field(ge=0), BeforeValidator(_integral)]  # bounds first: minimum
 
 
 class Body(BaseModel):

@@ -15,13 +15,14 @@ from pydantic import ConfigDict, Field, create_model
 
 from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS
 from slimllm.inference.schemas import (
+    CHAT_RULES,
     INT32,
     ChatFields,
     EmbeddingRequest,
     ResponseFormat,
     StreamOptions,
 )
-from slimllm.openapi import Body, ErrorResponse, Integer, OpenShape, Operation, Reply, Shape
+from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, OptionalInteger, Reply, Shape
 
 # Server-side knobs of llama-server (and this project's inference server) that a public gateway
 # refuses: they make a request hold a slot longer or reach into the server's state.
@@ -60,12 +61,12 @@ class GatewaySampling(Body):
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: Integer | None = Field(None, ge=0, le=INT32)
+    top_k: OptionalInteger = Field(None, ge=0, le=INT32)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: Integer | None = Field(None, ge=-(2**63), le=2**64)
+    seed: OptionalInteger = Field(None, ge=-(2**63), le=2**64)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
 
 
@@ -73,10 +74,14 @@ class ChatCompletionRequestBase(ChatFields, GatewaySampling):
     """The inference server's chat request (messages, tools, logprobs, response_format), less
     its server-side knobs."""
 
+    model_config = ConfigDict(
+        strict=True, extra="ignore", json_schema_extra={**_NO_SERVER_KNOBS, **CHAT_RULES}
+    )
+
     model: str = Field(description="The name of a configured model (GET /v1/models).")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: Integer | None = Field(None, ge=1, le=1)
+    n: OptionalInteger = Field(None, ge=1, le=1)
     response_format: ResponseFormat | None = None
     user: str | None = Field(None, description="Accepted and not forwarded.")
 
@@ -114,15 +119,15 @@ def request_models(
     chat: type[GatewaySampling] = create_model(
         "ChatCompletionRequest",
         __base__=ChatCompletionRequestBase,
-        max_tokens=(Integer | None, bound),
-        max_completion_tokens=(Integer | None, bound),
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
         model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
     )
     stream: type[GatewaySampling] = create_model(
         "StreamRequest",
         __base__=StreamRequestBase,
-        max_tokens=(Integer | None, bound),
-        max_completion_tokens=(Integer | None, bound),
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
         models=(
             list[Annotated[str, Field(json_schema_extra=listed)]],
             Field(

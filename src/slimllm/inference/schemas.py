@@ -9,13 +9,23 @@ chat gateway builds its requests from the same parts, so both accept the same sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, Tag, create_model, model_validator
+from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from slimllm.clitypes import DEFAULT_MAX_TOKENS
-from slimllm.openapi import Body, ErrorResponse, Integer, OpenShape, Operation, Reply, Shape
+from slimllm.openapi import (
+    Body,
+    ErrorResponse,
+    NonNegativeInteger,
+    OpenShape,
+    Operation,
+    OptionalInteger,
+    Reply,
+    Shape,
+)
 
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 UNSUPPORTED = frozenset({"n", "functions", "echo", "suffix", "best_of", "dimensions"})
@@ -181,19 +191,19 @@ class Sampling(Body):
     model: str | None = Field(None, description="The served model's id (or its file name); optional.")
     temperature: float | None = Field(None, ge=0, le=2, description="Default 0.8; 0 is greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="Default 0.95.")
-    top_k: Integer | None = Field(None, ge=0, le=INT32, description="Default 40; 0 turns it off.")
+    top_k: OptionalInteger = Field(None, ge=0, le=INT32, description="Default 40; 0 turns it off.")
     min_p: float | None = Field(None, ge=0, le=1, description="Default 0.05.")
     repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: Integer | None = Field(None, ge=-(2**63), le=2**64)
+    seed: OptionalInteger = Field(None, ge=-(2**63), le=2**64)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = Field(
         None, description="Up to 16 stop strings."
     )
     ignore_eos: bool | None = Field(None, description="llama-server's: generate exactly max_tokens.")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: Integer | None = Field(None, ge=1, le=1, description="Only 1 choice per request.")
+    n: OptionalInteger = Field(None, ge=1, le=1, description="Only 1 choice per request.")
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the output is enforced by a grammar while sampling."
     )
@@ -215,28 +225,63 @@ class ChatFields(Body):
     )
     functions: list[Any] | None = Field(None, max_length=0, description="Deprecated by OpenAI: use tools.")
     logprobs: bool | None = None
-    top_logprobs: Integer | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Needs logprobs: true.")
+    top_logprobs: OptionalInteger = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="Needs logprobs: true."
+    )
+
+
+# What a chat request's fields ask of each other, in the document too (a client, or a fuzzer,
+# that follows it is not refused): top_logprobs needs logprobs, and a required or named
+# tool_choice needs tools.
+CHAT_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        },
+        {
+            "if": {
+                "required": ["tool_choice"],
+                "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}},
+            },
+            "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+        },
+    ]
+}
 
 
 class ChatCompletionRequestBase(ChatFields, Sampling):
-    pass
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=CHAT_RULES)
+
+
+def _exactly(kind: type) -> Callable[[Any], Any]:
+    """A literal's own JSON type only: Python takes 0 for False and True for 1."""
+
+    def check(value: Any) -> Any:
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if type(value) is not kind:
+            raise ValueError(f"Input should be {kind.__name__}")
+        return value
+
+    return check
 
 
 class CompletionRequestBase(Sampling):
     prompt: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=1)]
-        | Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[NonNegativeInteger], Field(min_length=1)]
     ) = Field(description="A string, a list of one string, or a list of token ids.")
-    echo: Literal[False] | None = None
+    echo: Annotated[Literal[False], BeforeValidator(_exactly(bool))] | None = None
     suffix: Literal[""] | None = None
-    logprobs: Integer | None = Field(
+    logprobs: OptionalInteger = Field(
         None,
         ge=0,
         le=MAX_TOP_LOGPROBS,
         description="The sampled token's and this many best tokens' logprobs.",
     )
-    best_of: Literal[1] | None = None
+    best_of: Annotated[Literal[1], BeforeValidator(_exactly(int))] | None = None
 
 
 MAX_EMBEDDING_INPUTS = 256
@@ -247,14 +292,14 @@ class EmbeddingRequest(Body):
     input: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
-        | Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[NonNegativeInteger], Field(min_length=1)]
         | Annotated[
-            list[Annotated[list[Annotated[Integer, Field(ge=0)]], Field(min_length=1)]],
+            list[Annotated[list[NonNegativeInteger], Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
         ]
     ) = Field(description="A string, a list of strings, token ids, or a list of token id lists.")
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Integer | None = Field(None, description="Not supported: the model's own dimension only.")
+    dimensions: OptionalInteger = Field(None, description="Not supported: the model's own dimension only.")
     user: str | None = None
 
 
@@ -272,8 +317,8 @@ def _with_limit(base: type[Sampling], name: str, limit: int, default: int) -> ty
     model: type[Sampling] = create_model(
         name,
         __base__=base,
-        max_tokens=(Integer | None, bound),
-        max_completion_tokens=(Integer | None, bound),
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
     )
     return model
 
