@@ -21,7 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 JsonSchemaMode = Literal["validation", "serialization"]
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """An integer written as a float (`3891436076.0`) is that integer: JSON has one kind of
     number, and JSON Schema's `integer` is any number without a fraction."""
     if isinstance(value, float) and value.is_integer():
@@ -31,9 +31,9 @@ def _integral(value: Any) -> Any:
 
 # A request body's integer (strict mode otherwise refuses 3.0); the optional one takes Field
 # bounds outside (they become the JSON Schema's minimum/maximum).
-Integer = Annotated[int, BeforeValidator(_integral)]
-OptionalInteger = Annotated[int | None, BeforeValidator(_integral)]
-NonNegativeInteger = Annotated[int, Field(ge=0), BeforeValidator(_integral)]  # bounds first: minimum
+Integer = Annotated[int, BeforeValidator(integral)]
+OptionalInteger = Annotated[int | None, BeforeValidator(integral)]
+NonNegativeInteger = Annotated[int, Field(ge=0), BeforeValidator(integral)]  # bounds first: minimum
 
 
 class Body(BaseModel):

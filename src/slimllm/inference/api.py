@@ -58,6 +58,7 @@ from slimllm.inference.schemas import (
     Sampling,
     TokenizeRequest,
     default_max_tokens,
+    embedding_request,
     operations,
     request_models,
 )
@@ -603,21 +604,32 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=False)
 
+    loaded_doc: list[dict[str, Any]] = []
+
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_doc)
+        # Once the model is loaded, the document bounds token ids by its vocabulary.
+        if state.engine is not None and not loaded_doc:
+            loaded_doc.append(describe(state.engine.n_vocab))
+        return JSONResponse(loaded_doc[0] if loaded_doc else openapi_doc)
+
+    def describe(n_vocab: int | None) -> dict[str, Any]:
+        chat, completion = request_models(settings.max_tokens_limit, settings.default_max_tokens, n_vocab)
+        return document(
+            title="slimllm inference",
+            version=__version__,
+            description="An OpenAI-compatible server for one GGUF model (llama.cpp).",
+            operations=operations(
+                chat, completion, embeddings=settings.embeddings, embedding=embedding_request(n_vocab)
+            ),
+            security={"bearer": {"type": "http", "scheme": "bearer"}} if settings.api_key else None,
+            extra_models=STREAM_MODELS,
+        )
 
     chat_default, completion_default = default_max_tokens(
         settings.max_tokens_limit, settings.default_max_tokens
     )
     chat_request, completion_request = request_models(settings.max_tokens_limit, settings.default_max_tokens)
-    openapi_doc = document(
-        title="slimllm inference",
-        version=__version__,
-        description="An OpenAI-compatible server for one GGUF model (llama.cpp).",
-        operations=operations(chat_request, completion_request, embeddings=settings.embeddings),
-        security={"bearer": {"type": "http", "scheme": "bearer"}} if settings.api_key else None,
-        extra_models=STREAM_MODELS,
-    )
+    openapi_doc = describe(None)
     handlers = {
         "/health": health,
         "/metrics": metrics,

@@ -25,6 +25,7 @@ from slimllm.openapi import (
     OptionalInteger,
     Reply,
     Shape,
+    integral,
 )
 
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -307,7 +308,40 @@ class EmbeddingRequest(Body):
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 
 
-def _with_limit(base: type[Sampling], name: str, limit: int, default: int) -> type[Sampling]:
+def token_ids(n_vocab: int | None) -> Any:
+    """A list of token ids, each below the vocabulary's size once the model is loaded (the
+    document served then says so; the routes check it)."""
+    item: Any = (
+        NonNegativeInteger
+        if n_vocab is None
+        else Annotated[int, Field(ge=0, le=n_vocab - 1), BeforeValidator(integral)]
+    )
+    return Annotated[list[item], Field(min_length=1)]
+
+
+def _prompt(n_vocab: int | None) -> Any:
+    return (
+        str | Annotated[list[str], Field(min_length=1, max_length=1)] | token_ids(n_vocab),
+        Field(description="A string, a list of one string, or a list of token ids."),
+    )
+
+
+def embedding_request(n_vocab: int | None = None) -> type[EmbeddingRequest]:
+    ids = token_ids(n_vocab)
+    many = Annotated[list[ids], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]  # type: ignore[valid-type]
+    texts = Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    model: type[EmbeddingRequest] = create_model(
+        "EmbeddingRequest",
+        __base__=EmbeddingRequest,
+        input=(
+            str | texts | ids | many,
+            Field(description="A string, a list of strings, token ids, or a list of token id lists."),
+        ),
+    )
+    return model
+
+
+def _with_limit(base: type[Sampling], name: str, limit: int, default: int, **fields: Any) -> type[Sampling]:
     bound = Field(
         None,
         ge=1,
@@ -319,6 +353,7 @@ def _with_limit(base: type[Sampling], name: str, limit: int, default: int) -> ty
         __base__=base,
         max_tokens=(OptionalInteger, bound),
         max_completion_tokens=(OptionalInteger, bound),
+        **fields,
     )
     return model
 
@@ -330,13 +365,15 @@ def default_max_tokens(limit: int, default: int) -> tuple[int, int]:
 
 
 def request_models(
-    max_tokens_limit: int, default: int = DEFAULT_MAX_TOKENS
+    max_tokens_limit: int, default: int = DEFAULT_MAX_TOKENS, n_vocab: int | None = None
 ) -> tuple[type[Sampling], type[Sampling]]:
-    """(chat request, completion request) with `max_tokens` bounded by the server's limit."""
+    """(chat request, completion request) with `max_tokens` bounded by the server's limit (and
+    token ids by the vocabulary, once it is known)."""
     chat, completion = default_max_tokens(max_tokens_limit, default)
+    prompt = {"prompt": _prompt(n_vocab)} if n_vocab is not None else {}
     return (
         _with_limit(ChatCompletionRequestBase, "ChatCompletionRequest", max_tokens_limit, chat),
-        _with_limit(CompletionRequestBase, "CompletionRequest", max_tokens_limit, completion),
+        _with_limit(CompletionRequestBase, "CompletionRequest", max_tokens_limit, completion, **prompt),
     )
 
 
@@ -573,16 +610,20 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
 
 
 def operations(
-    chat_request: type[Sampling], completion_request: type[Sampling], *, embeddings: bool
+    chat_request: type[Sampling],
+    completion_request: type[Sampling],
+    *,
+    embeddings: bool,
+    embedding: type[EmbeddingRequest] = EmbeddingRequest,
 ) -> list[Operation]:
     """The server's operations; /v1/embeddings only when it serves them (--embeddings)."""
     completion_errors = _errors(400, 401, 404, 413, 503, 504)
-    embedding = Operation(
+    embedding_operation = Operation(
         "/v1/embeddings",
         "POST",
         "Embeddings (pooled, L2-normalised) of strings or token ids",
         {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 503)},
-        request=EmbeddingRequest,
+        request=embedding,
     )
     return [
         Operation(
@@ -616,7 +657,7 @@ def operations(
             },
             request=completion_request,
         ),
-        *([embedding] if embeddings else []),
+        *([embedding_operation] if embeddings else []),
         Operation(
             "/v1/models", "GET", "The model served", {200: Reply("The list", ModelList), **_errors(401, 503)}
         ),
