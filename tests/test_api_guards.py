@@ -15,6 +15,7 @@ stand-in backend of tests/fakes/openai_backend.py, which records the requests it
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import threading
 import time
@@ -339,3 +340,110 @@ def test_the_template_budget_costs_little() -> None:
     plain, guarded = min(timed(raw) for _ in range(3)), min(timed(budgeted) for _ in range(3))
     print(f"render {plain * 1e6:.1f} us, with the budget {guarded * 1e6:.1f} us")
     assert guarded - plain < 50e-6, (plain, guarded)
+
+
+# -- schemathesis, every check, both modes ---------------------------------------------------
+
+# Refusals of valid-looking data that no JSON Schema can foresee: a prompt too long for the
+# model's context (it depends on the tokenizer), and a named tool_choice missing from `tools`
+# (JSON Schema cannot compare two fields' values). Everything else valid must be accepted.
+MODEL_REFUSALS = frozenset({"context_length_exceeded", "unknown_tool"})
+
+
+def schemathesis_all(url: str, headers: dict[str, str], examples: int) -> collections.Counter[str]:
+    """`schemathesis run --checks all --mode all` in Python: every operation of the app's own
+    /openapi.json, `examples` positive and `examples` negative cases each, every check
+    (server errors, status codes, content types, headers and bodies true to the document,
+    valid data accepted, invalid data refused, Allow on 405, ...). Counts cases and statuses."""
+    import schemathesis
+    from schemathesis.checks import CHECKS, load_all_checks, positive_data_acceptance
+    from schemathesis.generation import GenerationMode
+
+    load_all_checks()
+    doc = httpx.get(url + "/openapi.json", headers=headers, timeout=10).json()
+    schema = schemathesis.openapi.from_dict(doc)
+    counts: collections.Counter[str] = collections.Counter()
+    checks = CHECKS.get_all()
+    lenient = [c for c in checks if c is not positive_data_acceptance]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _fuzz_one(url, headers, operation, mode, examples, checks, lenient, counts)
+    return counts
+
+
+def _fuzz_one(
+    url: str,
+    headers: dict[str, str],
+    operation: Any,
+    mode: Any,
+    examples: int,
+    checks: list[Any],
+    lenient: list[Any],
+    counts: collections.Counter[str],
+) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    strategy = operation.as_strategy(generation_mode=mode, headers=headers)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        response = case.call(base_url=url, timeout=60)
+        counts[f"{operation.label} {mode.value}"] += 1
+        counts[str(response.status_code)] += 1
+        assert response.status_code < 500, (
+            f"{operation.label}: {response.status_code} {response.text[:500]}\n{case.as_curl_command()}"
+        )
+        case.validate_response(response, checks=lenient if _model_refusal(response) else checks)
+
+    started = time.monotonic()
+    try:
+        run()
+    except Unsatisfiable:
+        # Nothing to make invalid: an operation without a body or parameters has no negative cases.
+        assert mode.value == "negative" and not operation.body, operation.label
+    label = f"{operation.label} {mode.value}"
+    print(f"  {label}: {counts[label]} cases, {time.monotonic() - started:.1f} s")
+
+
+def _model_refusal(response: Any) -> bool:
+    if response.status_code != 400:
+        return False
+    try:
+        return response.json()["error"]["code"] in MODEL_REFUSALS
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+@pytest.fixture
+def grammar_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grammar converter is llama.cpp's (not in this venv); the stand-in engine takes any."""
+    import slimllm.inference.api as api
+
+    monkeypatch.setattr(api, "json_object_grammar", lambda: 'root ::= "{}"')
+    monkeypatch.setattr(api, "schema_grammar", lambda schema: 'root ::= "{}"')
+    monkeypatch.setattr(api.toolcalls, "call_grammar", lambda *args, **kwargs: 'root ::= "{}"')
+
+
+@pytest.mark.usefixtures("grammar_free")
+def test_schemathesis_finds_nothing_in_process(fake: tuple[str, list[list[Any]]]) -> None:  # noqa: F811
+    """Both apps in process (the container run is tests/test_public_endpoint.py test_fuzz)."""
+    base, _ = fake
+    key = "fuzz-key-" + "y" * 24
+    auth = {"Authorization": f"Bearer {key}"}
+    with inference(FakeEngine(LOOPING), Settings(model_id="m", api_key=key)) as url:
+        counts = schemathesis_all(url, auth, 25)
+    with gateway(f"gemma={base}/xss", Protection(api_key=key, rate_limit=0)) as (url, _):
+        counts += schemathesis_all(url, auth, 25)
+    cases = sum(v for k, v in counts.items() if " " in k)
+    print(f"{cases} cases, statuses {sorted((k, v) for k, v in counts.items() if k.isdigit())}")
+    assert cases >= 400, counts  # 25 a mode for each operation with a body or parameters
+    assert counts["200"] >= 50, counts

@@ -221,9 +221,9 @@ def create_app(
         chosen = [model_or_404(n, "models") for n in names]
         messages = [m.model_dump() for m in req.messages]
         history = req.history or {}
-        if not set(history) <= set(names):
+        if not set(history) <= set(registry.models):  # a model's history is used when it is asked
             raise ApiError(
-                400, "'history' must map names from 'models' to lists of messages", param="history"
+                400, "'history' must map configured model names to lists of messages", param="history"
             )
         jobs = [(m, [*(h.model_dump() for h in history.get(m.name, [])), *messages]) for m in chosen]
         params = forwarded(req, {"models", "messages", "history"})

@@ -131,7 +131,18 @@ def request_models(
         models=(
             list[Annotated[str, Field(json_schema_extra=listed)]],
             Field(
-                min_length=1, max_length=MAX_MODELS, description=f"Up to {MAX_MODELS} distinct model names."
+                min_length=1,
+                max_length=MAX_MODELS,
+                description=f"Up to {MAX_MODELS} distinct model names.",
+                json_schema_extra={"uniqueItems": True},
+            ),
+        ),
+        history=(
+            dict[str, list[ChatMessage]] | None,
+            Field(
+                None,
+                description="Earlier conversations, by model name; a model's is used when it is in `models`.",
+                json_schema_extra={"propertyNames": listed},
             ),
         ),
     )
@@ -144,7 +155,8 @@ def request_models(
 
 
 class LoginForm(Body):
-    model_config = ConfigDict(strict=False, extra="ignore")
+    # The form has one field; the route reads at most 8 (more is 400), so the document allows no others.
+    model_config = ConfigDict(strict=False, extra="ignore", json_schema_extra={"additionalProperties": False})
     key: str = Field(description="The gateway's API key.")
 
 

@@ -217,6 +217,7 @@ def _plan(req: Sampling, tool_format: str) -> Output:
                 400,
                 f"tool_choice names '{choice.function.name}', which is not in 'tools'",
                 param="tool_choice",
+                code="unknown_tool",
             )
     if choice == "required" or isinstance(choice, NamedToolChoice):
         # As llama-server: one forced call unless several are asked for (a small model told it

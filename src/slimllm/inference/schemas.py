@@ -237,7 +237,10 @@ class ChatFields(Body):
 CHAT_RULES: dict[str, Any] = {
     "allOf": [
         {
-            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+            },
             "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
         },
         {
