@@ -276,6 +276,18 @@ def test_embeddings_are_documented_only_when_served() -> None:
         assert "/v1/embeddings" in httpx.get(url + "/openapi.json").json()["paths"]
 
 
+def test_the_gateway_documents_embeddings_only_when_a_backend_serves_them() -> None:
+    for serves in (False, True):
+        engine = FakeEngine()
+        engine.embeddings = serves
+        with (
+            inference(engine, Settings(model_id="m", embeddings=serves)) as backend,
+            gateway(f"gemma={backend}", Protection()) as (url, _),
+        ):
+            doc = httpx.get(url + "/openapi.json").json()
+        assert ("/v1/embeddings" in doc["paths"]) is serves, sorted(doc["paths"])
+
+
 # -- the gateway -----------------------------------------------------------------------------
 
 

@@ -510,3 +510,63 @@ def metric(service: Service, metric_name: str) -> float:
         if line.startswith(metric_name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric {metric_name}")
+
+
+# -- a chat template that loops --------------------------------------------------------------
+
+
+def test_a_looping_chat_template_gets_400_within_its_budget(
+    docker_client: Any,
+    inference_image: Any,  # noqa: F811
+    default_model: Path,
+    tmp_path: Path,
+) -> None:
+    """The real server and model with a Jinja template that loops for hours on one message (a
+    GGUF's template is code): as many such requests as the server has text threads each get 400
+    within the budget, and the server answers the next request at once."""
+    from tests.test_api_guards import LOOPING
+
+    (tmp_path / "loop.jinja").write_text(LOOPING, encoding="utf-8")
+    tmp_path.chmod(0o755)
+    (tmp_path / "loop.jinja").chmod(0o644)
+    container = docker_client.containers.run(
+        INFERENCE_IMAGE,
+        detach=True,
+        name=name("loop"),
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        environment={
+            "SLIMLLM_THREADS": "2",
+            "SLIMLLM_CTX_SIZE": "1024",
+            "SLIMLLM_CHAT_TEMPLATE_FILE": "/templates/loop.jinja",
+            "SLIMLLM_TEMPLATE_TIMEOUT": "1",
+        },
+        volumes={
+            str(default_model.parent): {"bind": "/models", "mode": "ro"},
+            str(tmp_path): {"bind": "/templates", "mode": "ro"},
+        },
+    )
+    try:
+        url = f"http://127.0.0.1:{published_port(container, '8080/tcp')}"
+        wait_for_http(url + "/health", timeout=120)
+        loop = {"messages": [{"role": "user", "content": "loop"}], "max_tokens": 4}
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=loop, timeout=30), range(4))
+            )
+        took = time.monotonic() - started
+        for answer in answers:
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == "template_timeout", answer.text
+        print(f"4 looping requests: 400 each, {took:.2f} s in all (budget 1 s)")
+        assert took < 1 + 2.0, took
+        started = time.monotonic()
+        answer = httpx.post(url + "/v1/chat/completions", json={**loop, "messages": PROMPT}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        print(f"the next request: 200 in {time.monotonic() - started:.2f} s")
+        logs = container.logs().decode(errors="replace")
+        assert "Traceback" not in logs, logs[-3000:]
+    finally:
+        container.remove(force=True)

@@ -65,6 +65,9 @@ from slimllm.chat.schemas import (
     operations,
     request_models,
 )
+from slimllm.chat.schemas import (
+    embedding_request as embedding_model,
+)
 from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, MAX_BODY_BYTES
 from slimllm.limits import (
     BodyLimit,
@@ -381,15 +384,25 @@ def create_app(
         return response
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_doc)
+        # /v1/embeddings is offered for the models whose backends serve them, as the health
+        # checks found (a slimllm server says so in its /v1/models).
+        serving = tuple(m.name for m in registry.models.values() if m.embeddings)
+        if serving not in documents:
+            documents[serving] = gateway_document(serving)
+        return JSONResponse(documents[serving])
 
-    openapi_doc = document(
-        title="slimllm chat",
-        version=__version__,
-        description="The chat page, its streaming API and an OpenAI-compatible gateway.",
-        operations=operations(chat_request, stream_request, embedding_request),
-        security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
-    )
+    def gateway_document(serving: tuple[str, ...]) -> dict[str, Any]:
+        return document(
+            title="slimllm chat",
+            version=__version__,
+            description="The chat page, its streaming API and an OpenAI-compatible gateway.",
+            operations=operations(
+                chat_request, stream_request, embedding_model(list(serving)), embeddings=bool(serving)
+            ),
+            security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
+        )
+
+    documents = {tuple(registry.models): gateway_document(tuple(registry.models))}
 
     routes = [
         Route("/", index, methods=["GET"]),

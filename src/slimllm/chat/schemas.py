@@ -146,12 +146,18 @@ def request_models(
             ),
         ),
     )
+    return chat, stream, embedding_request(names)
+
+
+def embedding_request(names: list[str]) -> type[GatewayEmbeddingRequest]:
+    """The embedding request, `model` one of `names` (the document lists those that serve them)."""
+    listed: dict[str, Any] = {"enum": names}
     embedding: type[GatewayEmbeddingRequest] = create_model(
         "EmbeddingRequest",
         __base__=GatewayEmbeddingRequest,
         model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
     )
-    return chat, stream, embedding
+    return embedding
 
 
 class LoginForm(Body):
@@ -247,7 +253,20 @@ def operations(
     chat_request: type[GatewaySampling],
     stream_request: type[GatewaySampling],
     embedding_request: type[GatewayEmbeddingRequest],
+    *,
+    embeddings: bool = True,
 ) -> list[Operation]:
+    """The gateway's operations; /v1/embeddings when some model's backend serves embeddings."""
+    embedding_operation = Operation(
+        "/v1/embeddings",
+        "POST",
+        "OpenAI embeddings through the gateway (`model` picks the backend; it must serve them)",
+        {
+            200: Reply("The backend's answer", OpenShape),
+            **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+        },
+        request=embedding_request,
+    )
     model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
     path_param = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
     return [
@@ -334,16 +353,7 @@ def operations(
             },
             request=chat_request,
         ),
-        Operation(
-            "/v1/embeddings",
-            "POST",
-            "OpenAI embeddings through the gateway (`model` picks the backend; it must serve them)",
-            {
-                200: Reply("The backend's answer", OpenShape),
-                **_errors(400, 401, 404, 413, 429, 502, 503, 504),
-            },
-            request=embedding_request,
-        ),
+        *([embedding_operation] if embeddings else []),
         Operation(
             "/openapi.json",
             "GET",
