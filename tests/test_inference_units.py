@@ -95,6 +95,7 @@ class StandInEngine:
         self.stats = Stats()
         self.slots_count, self.active, self.waiting = 1, 0, 0
         self.n_vocab = 0
+        self.chat = None
         self.busy = False
         self.last_progress = time.monotonic()
         self.running = True

@@ -1,9 +1,10 @@
 """A public endpoint that is safe to expose, tried on the real containers: the inference server
 (one slot, the real model) and the chat gateway in front of it, with its key set.
 
-- Each app's /openapi.json lists exactly its route table, and schemathesis fuzzes every operation
-  of it (positive and negative cases, at least 500 per app): no 5xx, every response true to the
-  document, and the server still healthy and answering afterwards.
+- Each app's /openapi.json lists exactly its route table (a 405 says what is allowed), and
+  schemathesis fuzzes every operation of it with every check, positive and negative cases (at
+  least 500 per app): no 5xx, every response true to the document, valid data accepted, invalid
+  data refused, and the server still healthy and answering afterwards.
 - A 50 MB body gets 413 from both, declared or chunked, without the container's memory moving.
 - 200 requests at concurrency 8 against one slot: every refusal is a 503 or 429 with Retry-After,
   and the servers' resident memory grows by at most 10 %.
@@ -34,6 +35,7 @@ import pytest
 
 from tests.conftest import require
 from tests.dockerutil import published_port, wait_for_http
+from tests.test_api_guards import schemathesis_all
 from tests.test_chat import (
     CHAT_IMAGE,
     chat_image,  # noqa: F401  (the chat image, built once)
@@ -267,6 +269,9 @@ def test_openapi_matches_the_route_table(public: Public, app: str) -> None:
                 assert response.status_code not in (404, 405), (method, path, response.text)
             else:
                 assert response.status_code == 405, (method, path, response.status_code)
+                allowed = {m.upper() for m in operations} | ({"HEAD"} if "get" in operations else set())
+                allow = {m.strip() for m in response.headers.get("allow", "").split(",") if m.strip()}
+                assert allow == allowed, (method, path, response.headers.get("allow"))  # RFC 9110
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert op["responses"], (method, path)
@@ -278,77 +283,13 @@ def test_openapi_matches_the_route_table(public: Public, app: str) -> None:
 
 
 def fuzz(service: Service, examples: int) -> collections.Counter[str]:
-    """Every operation of the service's document, `examples` positive and `examples` negative
-    cases each; fails on any 5xx or any response that breaks the document."""
-    import schemathesis
-    from schemathesis.generation import GenerationMode
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        negative_data_rejection,
-        response_headers_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
-    schema = schemathesis.openapi.from_dict(documented(service))
-    counts: collections.Counter[str] = collections.Counter()
-    checks = [
-        status_code_conformance,
-        content_type_conformance,
-        response_headers_conformance,
-        response_schema_conformance,
-    ]
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            extra = [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
-            fuzz_one(service, operation, mode, examples, [*checks, *extra], counts)
-    return counts
+    """schemathesis_all (tests/test_api_guards.py) on the container: every check, both modes."""
+    return schemathesis_all(service.url, dict(service.headers), examples)
 
 
 def chat_body(app: str, **extra: Any) -> dict[str, Any]:
     """A chat request for `app`: the gateway needs its model's name, the server takes none."""
     return {**({"model": "gemma"} if app == "chat" else {}), "messages": PROMPT, **extra}
-
-
-def fuzz_one(
-    service: Service,
-    operation: Any,
-    mode: Any,
-    examples: int,
-    checks: list[Any],
-    counts: collections.Counter[str],
-) -> None:
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis.errors import Unsatisfiable
-
-    strategy = operation.as_strategy(generation_mode=mode, headers=dict(service.headers))
-
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(case=strategy)
-    def run(case: Any) -> None:
-        response = case.call(base_url=service.url, timeout=60)
-        counts[f"{operation.label} {mode.value}"] += 1
-        counts[str(response.status_code)] += 1
-        assert response.status_code < 500, (
-            f"{operation.label}: {response.status_code} {response.text[:500]}\n{case.as_curl_command()}"
-        )
-        case.validate_response(response, checks=checks)
-
-    started = time.monotonic()
-    try:
-        run()
-    except Unsatisfiable:
-        # Nothing to make invalid: an operation without a body or parameters has no negative cases.
-        assert mode.value == "negative" and not operation.body, operation.label
-    label = f"{operation.label} {mode.value}"
-    print(f"  {label}: {counts[label]} cases, {time.monotonic() - started:.1f} s")
 
 
 def still_serving(service: Service, path: str, body: dict[str, Any]) -> None:
@@ -618,3 +559,63 @@ def metric(service: Service, metric_name: str) -> float:
         if line.startswith(metric_name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric {metric_name}")
+
+
+# -- a chat template that loops --------------------------------------------------------------
+
+
+def test_a_looping_chat_template_gets_400_within_its_budget(
+    docker_client: Any,
+    inference_image: Any,  # noqa: F811
+    default_model: Path,
+    tmp_path: Path,
+) -> None:
+    """The real server and model with a Jinja template that loops for hours on one message (a
+    GGUF's template is code): as many such requests as the server has text threads each get 400
+    within the budget, and the server answers the next request at once."""
+    from tests.test_api_guards import LOOPING
+
+    (tmp_path / "loop.jinja").write_text(LOOPING, encoding="utf-8")
+    tmp_path.chmod(0o755)
+    (tmp_path / "loop.jinja").chmod(0o644)
+    container = docker_client.containers.run(
+        INFERENCE_IMAGE,
+        detach=True,
+        name=name("loop"),
+        ports={"8080/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        environment={
+            "SLIMLLM_THREADS": "2",
+            "SLIMLLM_CTX_SIZE": "1024",
+            "SLIMLLM_CHAT_TEMPLATE_FILE": "/templates/loop.jinja",
+            "SLIMLLM_TEMPLATE_TIMEOUT": "1",
+        },
+        volumes={
+            str(default_model.parent): {"bind": "/models", "mode": "ro"},
+            str(tmp_path): {"bind": "/templates", "mode": "ro"},
+        },
+    )
+    try:
+        url = f"http://127.0.0.1:{published_port(container, '8080/tcp')}"
+        wait_for_http(url + "/health", timeout=120)
+        loop = {"messages": [{"role": "user", "content": "loop"}], "max_tokens": 4}
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=loop, timeout=30), range(4))
+            )
+        took = time.monotonic() - started
+        for answer in answers:
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == "template_timeout", answer.text
+        print(f"4 looping requests: 400 each, {took:.2f} s in all (budget 1 s)")
+        assert took < 1 + 2.0, took
+        started = time.monotonic()
+        answer = httpx.post(url + "/v1/chat/completions", json={**loop, "messages": PROMPT}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        print(f"the next request: 200 in {time.monotonic() - started:.2f} s")
+        logs = container.logs().decode(errors="replace")
+        assert "Traceback" not in logs, logs[-3000:]
+    finally:
+        container.remove(force=True)

@@ -55,6 +55,15 @@ def secret_key(variable: str, file: Path | None) -> str | None:
 # The largest request body either app reads: a chat request with a long history fits many times.
 MAX_BODY_BYTES = 1 << 20
 
+# The most tokens a chat request without max_tokens generates (--default-max-tokens): the inference
+# server's (direct, usually local) and the chat gateway's (the public face). Without a default a
+# request generates to the end of the context and holds a slot for it.
+DEFAULT_MAX_TOKENS = 1024
+GATEWAY_DEFAULT_MAX_TOKENS = 512
+
+# Seconds a chat template (Jinja from the GGUF) may take to render one request (--template-timeout).
+TEMPLATE_TIMEOUT = 2.0
+
 
 def max_body_option(envvar: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """The `--max-body-bytes` option of an HTTP app (one default for both apps)."""

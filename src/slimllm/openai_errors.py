@@ -46,7 +46,9 @@ def exception_handlers(log: logging.Logger) -> dict[type[Exception], Handler]:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, str(exc.detail), kind=kind).response()
+        # Its headers too: a 405's Allow (RFC 9110) lists the route's methods.
+        headers = dict(exc.headers or {})
+        return ApiError(exc.status_code, str(exc.detail), kind=kind, headers=headers).response()
 
     async def server_error(request: Request, exc: Exception) -> Response:
         # The traceback goes to the log, never to the client.

@@ -10,15 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from slimllm.openai_errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 JsonSchemaMode = Literal["validation", "serialization"]
+
+
+def integral(value: Any) -> Any:
+    """An integer written as a float (`3891436076.0`) is that integer: JSON has one kind of
+    number, and JSON Schema's `integer` is any number without a fraction."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A request body's integer (strict mode otherwise refuses 3.0); the optional one takes Field
+# bounds outside (they become the JSON Schema's minimum/maximum).
+Integer = Annotated[int, BeforeValidator(integral)]
+OptionalInteger = Annotated[int | None, BeforeValidator(integral)]
+NonNegativeInteger = Annotated[int, Field(ge=0), BeforeValidator(integral)]  # bounds first: minimum
 
 
 class Body(BaseModel):
@@ -64,8 +79,8 @@ def _param(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif part.startswith(("function-", "tagged-union", "literal[")) or part in ("str", "int", "float"):
             continue  # union branch names, not fields
-        elif part.startswith("list["):
-            continue
+        elif part.startswith("list[") or "=" in part:
+            continue  # "role=tool": a tagged union's tag (inference.schemas.Message)
         else:
             out += f".{part}" if out else part
     return out
@@ -79,7 +94,10 @@ def parse(model: type[M], body: dict[str, Any], *, unsupported: frozenset[str] =
         errors = exc.errors(include_url=False, include_input=False)
         # A union reports one error per branch; the first names the parameter well enough.
         first = errors[0]
-        param = _param(tuple(first["loc"])) or None
+        ctx = first.get("ctx") or {}
+        # A custom error may name the field of the object it is about (the missing `content`).
+        named = ".".join(str(p) for p in (_param(tuple(first["loc"])), ctx.get("field")) if p)
+        param = named or None
         top = param.split(".")[0].split("[")[0] if param else ""
         if top in unsupported:
             code = UNSUPPORTED
@@ -89,7 +107,7 @@ def parse(model: type[M], body: dict[str, Any], *, unsupported: frozenset[str] =
             message = f"'{param}': {first['msg']}" if param else str(first["msg"])
         if first["type"] == "missing":
             code = "missing_parameter"
-            message = f"'{param}' is required"
+            message = f"'{param}': {first['msg']}" if ctx.get("field") else f"'{param}' is required"
         elif first["type"] == "too_short" and (first.get("ctx") or {}).get("min_length") == 1:
             message = f"'{param}' must be a non-empty list"
         raise ApiError(400, message, param=param, code=code) from None
@@ -154,6 +172,24 @@ def _operation_id(op: Operation) -> str:
     return f"{op.method.lower()}_{path or 'root'}"
 
 
+# What the key check (slimllm.keys) may answer on every secured operation, whatever its route.
+KEY_REPLIES = {
+    400: "More than one Authorization header.",
+    401: "No valid API key.",
+    429: "Too many wrong keys from this client or on this server: the key's back-off.",
+}
+
+
+def _with_key_replies(responses: dict[int | str, Reply]) -> dict[int | str, Reply]:
+    """`responses` and, where it has none of its own, each answer of the key check."""
+    added: dict[int | str, Reply] = {
+        status: Reply(text, ErrorResponse, headers=("Retry-After",) if status == 429 else ())
+        for status, text in KEY_REPLIES.items()
+        if status not in responses
+    }
+    return {**responses, **added}
+
+
 def document(
     *,
     title: str,
@@ -190,7 +226,8 @@ def document(
                 "required": True,
                 "content": {op.request_media: {"schema": refs[(op.request, "validation")]}},
             }
-        for status, reply in op.responses.items():
+        replies = _with_key_replies(op.responses) if security is not None and op.secured else op.responses
+        for status, reply in replies.items():
             if reply.model is not None:
                 schema = refs[(reply.model, "serialization")]
             else:

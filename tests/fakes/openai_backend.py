@@ -36,6 +36,8 @@ REPLY = (
 )
 CHUNK = 7  # characters per streamed chunk: the HTML tags arrive split across events
 MODES = ("xss", "slow", "broken", "loading")
+# In OpenAI's error shape, as a real backend answers (the gateway passes it on as it came).
+NOT_FOUND = {"error": {"message": "not found", "type": "not_found_error", "param": None, "code": None}}
 
 
 def make_handler(delay: float, seen: list[list[Any]]) -> type[BaseHTTPRequestHandler]:
@@ -71,7 +73,7 @@ def make_handler(delay: float, seen: list[list[Any]]) -> type[BaseHTTPRequestHan
             elif rest == "/v1/models":
                 self._json(200, {"object": "list", "data": [{"id": f"fake-{mode}", "object": "model"}]})
             else:
-                self._json(404, {"error": {"message": "not found"}})
+                self._json(404, NOT_FOUND)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -79,7 +81,7 @@ def make_handler(delay: float, seen: list[list[Any]]) -> type[BaseHTTPRequestHan
             seen.append(["POST", self.path, body])
             mode, rest = self._route()
             if mode not in MODES or rest != "/v1/chat/completions":
-                self._json(404, {"error": {"message": "not found"}})
+                self._json(404, NOT_FOUND)
                 return
             if mode == "broken":
                 self.close_connection = True

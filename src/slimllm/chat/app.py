@@ -29,6 +29,7 @@ import httpx
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
@@ -64,7 +65,10 @@ from slimllm.chat.schemas import (
     operations,
     request_models,
 )
-from slimllm.clitypes import MAX_BODY_BYTES
+from slimllm.chat.schemas import (
+    embedding_request as embedding_model,
+)
+from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, MAX_BODY_BYTES
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.limits import (
     BodyLimit,
@@ -107,6 +111,7 @@ class Protection:
     api_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     max_tokens_limit: int = 1024
+    default_max_tokens: int = GATEWAY_DEFAULT_MAX_TOKENS  # sent when a request gives none (at most the limit)
     max_streams_per_client: int = 2
     rate_limit: int = 30  # generation requests a minute per client
     login_rate_limit: int = 10  # login attempts a minute per client
@@ -124,7 +129,7 @@ def create_app(
     login_rate = RateLimiter(guard.login_rate_limit)
     streams = ConcurrencyLimiter(guard.max_streams_per_client)
     chat_request, stream_request, embedding_request = request_models(
-        guard.max_tokens_limit, list(registry.models)
+        guard.max_tokens_limit, list(registry.models), guard.default_max_tokens
     )
 
     @asynccontextmanager
@@ -196,7 +201,7 @@ def create_app(
         """What goes to a backend: the validated parameters, max_tokens at most the limit."""
         out = req.model_dump(exclude_none=True, exclude=exclude, by_alias=True)
         if "max_tokens" not in out and "max_completion_tokens" not in out:
-            out["max_tokens"] = guard.max_tokens_limit
+            out["max_tokens"] = min(guard.default_max_tokens, guard.max_tokens_limit)
         return out
 
     def validated(body: dict[str, Any], model: type[M]) -> M:
@@ -221,9 +226,9 @@ def create_app(
         chosen = [model_or_404(n, "models") for n in names]
         messages = [m.model_dump() for m in req.messages]
         history = req.history or {}
-        if not set(history) <= set(names):
+        if not set(history) <= set(registry.models):  # a model's history is used when it is asked
             raise ApiError(
-                400, "'history' must map names from 'models' to lists of messages", param="history"
+                400, "'history' must map configured model names to lists of messages", param="history"
             )
         jobs = [(m, [*(h.model_dump() for h in history.get(m.name, [])), *messages]) for m in chosen]
         params = forwarded(req, {"models", "messages", "history"})
@@ -388,6 +393,10 @@ def create_app(
         )
         return response
 
+    async def login_route(request: Request) -> Response:
+        """One route for both methods, so that a 405 on /login allows both."""
+        return await (login if request.method == "POST" else login_form)(request)
+
     async def logout(request: Request) -> Response:
         if keyring is not None:
             keyring.end_sessions(request.scope)  # the cookie is refused from now on, even if replayed
@@ -396,15 +405,25 @@ def create_app(
         return response
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_doc)
+        # /v1/embeddings is offered for the models whose backends serve them, as the health
+        # checks found (a slimllm server says so in its /v1/models).
+        serving = tuple(m.name for m in registry.models.values() if m.embeddings)
+        if serving not in documents:
+            documents[serving] = gateway_document(serving)
+        return JSONResponse(documents[serving])
 
-    openapi_doc = document(
-        title="slimllm chat",
-        version=__version__,
-        description="The chat page, its streaming API and an OpenAI-compatible gateway.",
-        operations=operations(chat_request, stream_request, embedding_request),
-        security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
-    )
+    def gateway_document(serving: tuple[str, ...]) -> dict[str, Any]:
+        return document(
+            title="slimllm chat",
+            version=__version__,
+            description="The chat page, its streaming API and an OpenAI-compatible gateway.",
+            operations=operations(
+                chat_request, stream_request, embedding_model(list(serving)), embeddings=bool(serving)
+            ),
+            security={"bearer": {"type": "http", "scheme": "bearer"}} if keyring else None,
+        )
+
+    documents = {tuple(registry.models): gateway_document(tuple(registry.models))}
 
     routes = [
         Route("/", index, methods=["GET"]),
@@ -416,11 +435,10 @@ def create_app(
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/v1/chat/completions", openai_chat, methods=["POST"]),
         Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
-        Route("/login", login_form, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
+        Route("/login", login_route, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", _StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(
         routes=routes,
@@ -433,6 +451,15 @@ def create_app(
             Middleware(BodyLimit, max_bytes=guard.max_body_bytes),
         ],
     )
+
+
+class _StaticFiles(StaticFiles):
+    """StaticFiles whose 405 says what is allowed (RFC 9110's Allow)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(status_code=405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)
 
 
 class Releasing(Response):

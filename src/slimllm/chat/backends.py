@@ -49,6 +49,9 @@ class Instance:
     checked_at: float | None = None  # wall-clock time of the last health check
     in_flight: int = 0
     upstream_model: str | None = None
+    # Whether the backend serves /v1/embeddings (a slimllm server says so in /v1/models' meta;
+    # another is taken to): None until its first successful health check.
+    embeddings: bool | None = None
 
     def mark(self, state: InstanceState, reason: str | None = None, latency_ms: float | None = None) -> None:
         if state != self.state:
@@ -96,6 +99,11 @@ class Model:
     def latency_ms(self) -> float | None:
         found = [i.latency_ms for i in self.instances if i.state == "ok" and i.latency_ms is not None]
         return min(found) if found else None
+
+    @property
+    def embeddings(self) -> bool:
+        """Some instance serves embeddings (or has not said yet that it does not)."""
+        return any(i.embeddings is not False for i in self.instances)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -242,26 +250,35 @@ class Registry:
             return
         latency = round((time.monotonic() - start) * 1000, 1)
         if response.status_code == 200:
+            if instance.embeddings is None or (
+                model.config.upstream_model is None and instance.upstream_model is None
+            ):
+                await self._discover_model(model, instance)
             instance.mark("ok", None, latency)
-            if model.config.upstream_model is None and instance.upstream_model is None:
-                instance.upstream_model = await self._discover_model(model, instance)
             return
         reason = error_message(response.status_code, response.content)
         status = _json_field(response, "status")
         instance.mark("loading" if status == "loading" else "down", reason)
 
-    async def _discover_model(self, model: Model, instance: Instance) -> str | None:
-        """The backend's own model id (the first one it lists), to send as `model`."""
+    async def _discover_model(self, model: Model, instance: Instance) -> None:
+        """The backend's own model id (the first one it lists), to send as `model`, and whether
+        it serves embeddings."""
         try:
             response = await self.client.get(
                 instance.url + "/v1/models", headers=model.headers, timeout=HEALTH_TIMEOUT
             )
             if response.status_code != 200:
-                return None
+                return
             data = response.json()["data"]
-            return str(data[0]["id"]) if data else None
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-            return None
+            if not data:
+                return
+            if model.config.upstream_model is None:
+                instance.upstream_model = str(data[0]["id"])
+            meta = data[0].get("meta")
+            served = meta.get("embeddings") if isinstance(meta, dict) else None
+            instance.embeddings = served if isinstance(served, bool) else True
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return
 
     def _body_for(self, model: Model, instance: Instance, body: dict[str, Any]) -> dict[str, Any]:
         upstream = model.config.upstream_model or instance.upstream_model

@@ -13,14 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
 
+from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS
 from slimllm.inference.schemas import (
+    CHAT_RULES,
     INT32,
     ChatFields,
     EmbeddingRequest,
     ResponseFormat,
     StreamOptions,
 )
-from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
+from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, OptionalInteger, Reply, Shape
 
 # Server-side knobs of llama-server (and this project's inference server) that a public gateway
 # refuses: they make a request hold a slot longer or reach into the server's state.
@@ -59,12 +61,12 @@ class GatewaySampling(Body):
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=INT32)
+    top_k: OptionalInteger = Field(None, ge=0, le=INT32)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64)
+    seed: OptionalInteger = Field(None, ge=-(2**63), le=2**64)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
 
 
@@ -72,10 +74,14 @@ class ChatCompletionRequestBase(ChatFields, GatewaySampling):
     """The inference server's chat request (messages, tools, logprobs, response_format), less
     its server-side knobs."""
 
+    model_config = ConfigDict(
+        strict=True, extra="ignore", json_schema_extra={**_NO_SERVER_KNOBS, **CHAT_RULES}
+    )
+
     model: str = Field(description="The name of a configured model (GET /v1/models).")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, le=1)
+    n: OptionalInteger = Field(None, ge=1, le=1)
     response_format: ResponseFormat | None = None
     user: str | None = Field(None, description="Accepted and not forwarded.")
 
@@ -101,43 +107,62 @@ class StreamRequestBase(GatewaySampling):
 
 
 def request_models(
-    max_tokens_limit: int, names: list[str]
+    max_tokens_limit: int, names: list[str], default_max_tokens: int = GATEWAY_DEFAULT_MAX_TOKENS
 ) -> tuple[type[GatewaySampling], type[GatewaySampling], type[GatewayEmbeddingRequest]]:
     """(gateway chat request, stream request, embedding request) with `max_tokens` bounded by the
     gateway's limit and the configured model names listed (another name gets 404 model_not_found)."""
+    default = min(default_max_tokens, max_tokens_limit)
     bound = Field(
-        None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit} (default: that limit)."
+        None, ge=1, le=max_tokens_limit, description=f"At most {max_tokens_limit}; default {default}."
     )
     listed: dict[str, Any] = {"enum": names}
     chat: type[GatewaySampling] = create_model(
         "ChatCompletionRequest",
         __base__=ChatCompletionRequestBase,
-        max_tokens=(int | None, bound),
-        max_completion_tokens=(int | None, bound),
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
         model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
     )
     stream: type[GatewaySampling] = create_model(
         "StreamRequest",
         __base__=StreamRequestBase,
-        max_tokens=(int | None, bound),
-        max_completion_tokens=(int | None, bound),
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
         models=(
             list[Annotated[str, Field(json_schema_extra=listed)]],
             Field(
-                min_length=1, max_length=MAX_MODELS, description=f"Up to {MAX_MODELS} distinct model names."
+                min_length=1,
+                max_length=MAX_MODELS,
+                description=f"Up to {MAX_MODELS} distinct model names.",
+                json_schema_extra={"uniqueItems": True},
+            ),
+        ),
+        history=(
+            dict[str, list[ChatMessage]] | None,
+            Field(
+                None,
+                description="Earlier conversations, by model name; a model's is used when it is in `models`.",
+                json_schema_extra={"propertyNames": listed},
             ),
         ),
     )
+    return chat, stream, embedding_request(names)
+
+
+def embedding_request(names: list[str]) -> type[GatewayEmbeddingRequest]:
+    """The embedding request, `model` one of `names` (the document lists those that serve them)."""
+    listed: dict[str, Any] = {"enum": names}
     embedding: type[GatewayEmbeddingRequest] = create_model(
         "EmbeddingRequest",
         __base__=GatewayEmbeddingRequest,
         model=(str, Field(description="A configured model (GET /v1/models).", json_schema_extra=listed)),
     )
-    return chat, stream, embedding
+    return embedding
 
 
 class LoginForm(Body):
-    model_config = ConfigDict(strict=False, extra="ignore")
+    # The form has one field; the route reads at most 8 (more is 400), so the document allows no others.
+    model_config = ConfigDict(strict=False, extra="ignore", json_schema_extra={"additionalProperties": False})
     key: str = Field(description="The gateway's API key.")
 
 
@@ -214,9 +239,9 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         504: "The backend did not answer in time.",
     }
     headers = {429: ("Retry-After",), 503: ("Retry-After",), 401: ("WWW-Authenticate",)}
-    # A browser asking for a page gets the login form with its 401.
+    # A browser asking for a page gets the login form with its 401, and with the key's back-off 429.
     return {
-        s: Reply(what[s], ErrorResponse, headers=headers.get(s, ()), also=(HTML,) if s == 401 else ())
+        s: Reply(what[s], ErrorResponse, headers=headers.get(s, ()), also=(HTML,) if s in (401, 429) else ())
         for s in statuses
     }
 
@@ -228,7 +253,20 @@ def operations(
     chat_request: type[GatewaySampling],
     stream_request: type[GatewaySampling],
     embedding_request: type[GatewayEmbeddingRequest],
+    *,
+    embeddings: bool = True,
 ) -> list[Operation]:
+    """The gateway's operations; /v1/embeddings when some model's backend serves embeddings."""
+    embedding_operation = Operation(
+        "/v1/embeddings",
+        "POST",
+        "OpenAI embeddings through the gateway (`model` picks the backend; it must serve them)",
+        {
+            200: Reply("The backend's answer", OpenShape),
+            **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+        },
+        request=embedding_request,
+    )
     model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
     path_param = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
     return [
@@ -255,7 +293,12 @@ def operations(
             {
                 303: Reply("Logged in: to the page", media=None, headers=("Set-Cookie", "Location")),
                 401: Reply("Wrong key: the form again", media=HTML),
-                **_errors(400, 413, 429),
+                429: Reply(
+                    "Too many attempts: the form again, saying how long to wait",
+                    media=HTML,
+                    headers=("Retry-After",),
+                ),
+                **_errors(400, 413),
             },
             request=LoginForm,
             request_media="application/x-www-form-urlencoded",
@@ -315,16 +358,7 @@ def operations(
             },
             request=chat_request,
         ),
-        Operation(
-            "/v1/embeddings",
-            "POST",
-            "OpenAI embeddings through the gateway (`model` picks the backend; it must serve them)",
-            {
-                200: Reply("The backend's answer", OpenShape),
-                **_errors(400, 401, 404, 413, 429, 502, 503, 504),
-            },
-            request=embedding_request,
-        ),
+        *([embedding_operation] if embeddings else []),
         Operation(
             "/openapi.json",
             "GET",

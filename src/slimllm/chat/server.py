@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import max_body_option
+from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, max_body_option
 from slimllm.errors import UserError
 from slimllm.hosts import AllowedHosts
 from slimllm.httpserver import connection_options, server_options
@@ -90,7 +90,15 @@ from slimllm.networks import parse_networks
     default=1024,
     envvar="SLIMLLM_CHAT_MAX_TOKENS_LIMIT",
     show_envvar=True,
-    help="Most tokens one answer may have: a larger max_tokens gets 400; without one, this many.",
+    help="Most tokens one answer may have: a larger max_tokens gets 400.",
+)
+@click.option(
+    "--default-max-tokens",
+    type=click.IntRange(min=1),
+    default=GATEWAY_DEFAULT_MAX_TOKENS,
+    envvar="SLIMLLM_CHAT_DEFAULT_MAX_TOKENS",
+    show_envvar=True,
+    help="max_tokens sent for a request that gives none (at most --max-tokens-limit).",
 )
 @click.option(
     "--max-streams-per-client",
@@ -138,6 +146,7 @@ def chat_interface(
     api_key_file: Path | None,
     max_body_bytes: int,
     max_tokens_limit: int,
+    default_max_tokens: int,
     max_streams_per_client: int,
     rate_limit: int,
     trusted_proxies: str,
@@ -182,6 +191,7 @@ def chat_interface(
                 api_key=api_key,
                 max_body_bytes=max_body_bytes,
                 max_tokens_limit=max_tokens_limit,
+                default_max_tokens=default_max_tokens,
                 max_streams_per_client=max_streams_per_client,
                 rate_limit=rate_limit,
                 trusted_proxies=networks,

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
-from slimllm.clitypes import MAX_BODY_BYTES
+from slimllm.clitypes import DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, TEMPLATE_TIMEOUT
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
@@ -57,6 +57,8 @@ from slimllm.inference.schemas import (
     NamedToolChoice,
     Sampling,
     TokenizeRequest,
+    default_max_tokens,
+    embedding_request,
     operations,
     request_models,
 )
@@ -87,6 +89,9 @@ class Settings:
     max_tokens_limit: int = 2048
     max_body_bytes: int = MAX_BODY_BYTES
     allowed_hosts: AllowedHosts = LOCAL_ONLY  # the Host check (slimllm.hosts)
+    default_max_tokens: int = DEFAULT_MAX_TOKENS  # a request without max_tokens (at most the limit)
+    embeddings: bool = False  # the engine serves /v1/embeddings: the document offers it
+    template_timeout: float = TEMPLATE_TIMEOUT  # seconds a Jinja chat template may render one request
 
 
 class ServerState:
@@ -216,6 +221,7 @@ def _plan(req: Sampling, tool_format: str) -> Output:
                 400,
                 f"tool_choice names '{choice.function.name}', which is not in 'tools'",
                 param="tool_choice",
+                code="unknown_tool",
             )
     if choice == "required" or isinstance(choice, NamedToolChoice):
         # As llama-server: one forced call unless several are asked for (a small model told it
@@ -273,6 +279,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     def load_in_background() -> None:
         try:
             engine = load()
+            if isinstance(engine.chat, JinjaChatTemplate):
+                engine.chat.time_budget = settings.template_timeout
             state.token_bytes = token_bytes_bound(engine)
             engine.start()
         except (EngineError, ModelError) as exc:
@@ -467,11 +475,11 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         output = await off_loop(lambda: planned(engine, req))
         if isinstance(req, ChatCompletionRequestBase):
             prompt = await chat_prompt(engine, req.messages, output.tools)
-            max_tokens = budget(engine, prompt, req, settings.max_tokens_limit)
+            max_tokens = budget(engine, prompt, req, chat_default)
         else:
             assert isinstance(req, CompletionRequestBase)
             prompt = await completion_prompt(engine, req.prompt)
-            max_tokens = budget(engine, prompt, req, min(16, settings.max_tokens_limit))
+            max_tokens = budget(engine, prompt, req, completion_default)
         job, events = submit(engine, prompt, max_tokens, req, output)
         reply = _Reply(chat=chat, model=settings.model_id, tool_format=output.tool_format)
         if stream:
@@ -491,7 +499,7 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         try:
             return engine.chat.render(messages, tools)
         except TemplateError as exc:
-            raise ApiError(400, str(exc), param="messages", code="invalid_value") from None
+            raise ApiError(400, str(exc), param="messages", code=exc.code) from None
 
     async def props(request: Request) -> Response:
         """What the server resolved at start, as llama-server's /props shows it."""
@@ -639,18 +647,32 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     async def completions(request: Request) -> Response:
         return await completion_endpoint(request, chat=False)
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_doc)
+    loaded_doc: list[dict[str, Any]] = []
 
-    chat_request, completion_request = request_models(settings.max_tokens_limit)
-    openapi_doc = document(
-        title="slimllm inference",
-        version=__version__,
-        description="An OpenAI-compatible server for one GGUF model (llama.cpp).",
-        operations=operations(chat_request, completion_request),
-        security={"bearer": {"type": "http", "scheme": "bearer"}} if settings.api_key else None,
-        extra_models=STREAM_MODELS,
+    async def openapi(request: Request) -> Response:
+        # Once the model is loaded, the document bounds token ids by its vocabulary.
+        if state.engine is not None and not loaded_doc:
+            loaded_doc.append(describe(state.engine.n_vocab))
+        return JSONResponse(loaded_doc[0] if loaded_doc else openapi_doc)
+
+    def describe(n_vocab: int | None) -> dict[str, Any]:
+        chat, completion = request_models(settings.max_tokens_limit, settings.default_max_tokens, n_vocab)
+        return document(
+            title="slimllm inference",
+            version=__version__,
+            description="An OpenAI-compatible server for one GGUF model (llama.cpp).",
+            operations=operations(
+                chat, completion, embeddings=settings.embeddings, embedding=embedding_request(n_vocab)
+            ),
+            security={"bearer": {"type": "http", "scheme": "bearer"}} if settings.api_key else None,
+            extra_models=STREAM_MODELS,
+        )
+
+    chat_default, completion_default = default_max_tokens(
+        settings.max_tokens_limit, settings.default_max_tokens
     )
+    chat_request, completion_request = request_models(settings.max_tokens_limit, settings.default_max_tokens)
+    openapi_doc = describe(None)
     handlers = {
         "/health": health,
         "/metrics": metrics,
@@ -668,6 +690,8 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         for path, spec in openapi_doc["paths"].items()
         for method in (m.upper() for m in spec)
     ]
+    if not settings.embeddings:  # not offered, but still says how to turn it on
+        routes.append(Route("/v1/embeddings", embeddings, methods=["POST"]))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

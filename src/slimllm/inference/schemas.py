@@ -9,13 +9,25 @@ chat gateway builds its requests from the same parts, so both accept the same sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, create_model
+from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
-from slimllm.openapi import Body, ErrorResponse, OpenShape, Operation, Reply, Shape
+from slimllm.clitypes import DEFAULT_MAX_TOKENS
+from slimllm.openapi import (
+    Body,
+    ErrorResponse,
+    NonNegativeInteger,
+    OpenShape,
+    Operation,
+    OptionalInteger,
+    Reply,
+    Shape,
+    integral,
+)
 
-Role = Literal["system", "user", "assistant", "developer", "tool"]
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 UNSUPPORTED = frozenset({"n", "functions", "echo", "suffix", "best_of", "dimensions"})
 INT32 = 2**31 - 1
@@ -40,14 +52,88 @@ class ToolCallIn(Body):
     function: FunctionCall
 
 
-class Message(Body):
-    role: Role
-    content: str | list[TextPart] | None = None
+Content = str | list[TextPart]
+
+
+class MessageBase(Body):
+    """What every message may carry; each role's model below says what it must."""
+
+    content: Content | None = None
     name: str | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = Field(
         None, description="An assistant turn's calls, sent back in the history."
     )
     tool_call_id: str | None = Field(None, description="In a `tool` message: the call it answers.")
+
+
+class SystemMessage(MessageBase):
+    role: Literal["system"]
+    content: Content
+
+
+class DeveloperMessage(MessageBase):
+    role: Literal["developer"]
+    content: Content
+
+
+class UserMessage(MessageBase):
+    role: Literal["user"]
+    content: Content
+
+
+# OpenAI's reference: an assistant turn's content is "required unless tool_calls is specified".
+_CONTENT_OR_CALLS: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+    ]
+}
+
+
+class AssistantTurn(MessageBase):
+    """An earlier answer sent back in the history: its text, its tool calls, or both."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_CONTENT_OR_CALLS)
+    role: Literal["assistant"]
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> AssistantTurn:
+        if self.content is None and not self.tool_calls:
+            raise PydanticCustomError(
+                "missing", "an assistant message needs 'content' or 'tool_calls'", {"field": "content"}
+            )
+        return self
+
+
+class ToolMessage(MessageBase):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str = Field(description="The call this message answers.")
+
+
+def _role_tag(value: Any) -> str | None:
+    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
+    return f"role={role}" if isinstance(role, str) else None
+
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# The role picks what a message must carry (OpenAI's API reference): content for system,
+# developer, user and tool (and tool_call_id for tool), content or tool_calls for assistant.
+# The tags read "role=..." so that an error's location names the field, not the tag
+# (slimllm.openapi.parse leaves them out).
+Message = Annotated[
+    Annotated[SystemMessage, Tag("role=system")]
+    | Annotated[DeveloperMessage, Tag("role=developer")]
+    | Annotated[UserMessage, Tag("role=user")]
+    | Annotated[AssistantTurn, Tag("role=assistant")]
+    | Annotated[ToolMessage, Tag("role=tool")],
+    Discriminator(
+        _role_tag,
+        custom_error_type="invalid_role",
+        custom_error_message=f"must be one of: {', '.join(ROLES)}",
+        custom_error_context={"field": "role"},
+    ),
+]
 
 
 class FunctionDefinition(Body):
@@ -106,19 +192,19 @@ class Sampling(Body):
     model: str | None = Field(None, description="The served model's id (or its file name); optional.")
     temperature: float | None = Field(None, ge=0, le=2, description="Default 0.8; 0 is greedy.")
     top_p: float | None = Field(None, ge=0, le=1, description="Default 0.95.")
-    top_k: int | None = Field(None, ge=0, le=INT32, description="Default 40; 0 turns it off.")
+    top_k: OptionalInteger = Field(None, ge=0, le=INT32, description="Default 40; 0 turns it off.")
     min_p: float | None = Field(None, ge=0, le=1, description="Default 0.05.")
     repeat_penalty: float | None = Field(None, ge=0.01, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64)
+    seed: OptionalInteger = Field(None, ge=-(2**63), le=2**64)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = Field(
         None, description="Up to 16 stop strings."
     )
     ignore_eos: bool | None = Field(None, description="llama-server's: generate exactly max_tokens.")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, le=1, description="Only 1 choice per request.")
+    n: OptionalInteger = Field(None, ge=1, le=1, description="Only 1 choice per request.")
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the output is enforced by a grammar while sampling."
     )
@@ -140,28 +226,66 @@ class ChatFields(Body):
     )
     functions: list[Any] | None = Field(None, max_length=0, description="Deprecated by OpenAI: use tools.")
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Needs logprobs: true.")
+    top_logprobs: OptionalInteger = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="Needs logprobs: true."
+    )
+
+
+# What a chat request's fields ask of each other, in the document too (a client, or a fuzzer,
+# that follows it is not refused): top_logprobs needs logprobs, and a required or named
+# tool_choice needs tools.
+CHAT_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+            },
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        },
+        {
+            "if": {
+                "required": ["tool_choice"],
+                "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}},
+            },
+            "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+        },
+    ]
+}
 
 
 class ChatCompletionRequestBase(ChatFields, Sampling):
-    pass
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=CHAT_RULES)
+
+
+def _exactly(kind: type) -> Callable[[Any], Any]:
+    """A literal's own JSON type only: Python takes 0 for False and True for 1."""
+
+    def check(value: Any) -> Any:
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if type(value) is not kind:
+            raise ValueError(f"Input should be {kind.__name__}")
+        return value
+
+    return check
 
 
 class CompletionRequestBase(Sampling):
     prompt: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=1)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[NonNegativeInteger], Field(min_length=1)]
     ) = Field(description="A string, a list of one string, or a list of token ids.")
-    echo: Literal[False] | None = None
+    echo: Annotated[Literal[False], BeforeValidator(_exactly(bool))] | None = None
     suffix: Literal[""] | None = None
-    logprobs: int | None = Field(
+    logprobs: OptionalInteger = Field(
         None,
         ge=0,
         le=MAX_TOP_LOGPROBS,
         description="The sampled token's and this many best tokens' logprobs.",
     )
-    best_of: Literal[1] | None = None
+    best_of: Annotated[Literal[1], BeforeValidator(_exactly(int))] | None = None
 
 
 MAX_EMBEDDING_INPUTS = 256
@@ -172,33 +296,87 @@ class EmbeddingRequest(Body):
     input: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[NonNegativeInteger], Field(min_length=1)]
         | Annotated[
-            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            list[Annotated[list[NonNegativeInteger], Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
         ]
     ) = Field(description="A string, a list of strings, token ids, or a list of token id lists.")
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(None, description="Not supported: the model's own dimension only.")
+    dimensions: OptionalInteger = Field(None, description="Not supported: the model's own dimension only.")
     user: str | None = None
 
 
-def _with_limit(base: type[Sampling], name: str, limit: int) -> type[Sampling]:
-    bound = Field(None, ge=1, le=limit, description=f"At most {limit} (the server's --max-tokens-limit).")
-    model: type[Sampling] = create_model(
-        name,
-        __base__=base,
-        max_tokens=(int | None, bound),
-        max_completion_tokens=(int | None, bound),
+# A text completion without max_tokens gets OpenAI's 16 (a chat request: --default-max-tokens).
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+
+
+def token_ids(n_vocab: int | None) -> Any:
+    """A list of token ids, each below the vocabulary's size once the model is loaded (the
+    document served then says so; the routes check it)."""
+    item: Any = (
+        NonNegativeInteger
+        if n_vocab is None
+        else Annotated[int, Field(ge=0, le=n_vocab - 1), BeforeValidator(integral)]
+    )
+    return Annotated[list[item], Field(min_length=1)]
+
+
+def _prompt(n_vocab: int | None) -> Any:
+    return (
+        str | Annotated[list[str], Field(min_length=1, max_length=1)] | token_ids(n_vocab),
+        Field(description="A string, a list of one string, or a list of token ids."),
+    )
+
+
+def embedding_request(n_vocab: int | None = None) -> type[EmbeddingRequest]:
+    ids = token_ids(n_vocab)
+    many = Annotated[list[ids], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]  # type: ignore[valid-type]
+    texts = Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    model: type[EmbeddingRequest] = create_model(
+        "EmbeddingRequest",
+        __base__=EmbeddingRequest,
+        input=(
+            str | texts | ids | many,
+            Field(description="A string, a list of strings, token ids, or a list of token id lists."),
+        ),
     )
     return model
 
 
-def request_models(max_tokens_limit: int) -> tuple[type[Sampling], type[Sampling]]:
-    """(chat request, completion request) with `max_tokens` bounded by the server's limit."""
+def _with_limit(base: type[Sampling], name: str, limit: int, default: int, **fields: Any) -> type[Sampling]:
+    bound = Field(
+        None,
+        ge=1,
+        le=limit,
+        description=f"At most {limit} (the server's --max-tokens-limit); default {default}.",
+    )
+    model: type[Sampling] = create_model(
+        name,
+        __base__=base,
+        max_tokens=(OptionalInteger, bound),
+        max_completion_tokens=(OptionalInteger, bound),
+        **fields,
+    )
+    return model
+
+
+def default_max_tokens(limit: int, default: int) -> tuple[int, int]:
+    """(chat, completion) max_tokens of a request that gives none: the settings', at most the limit."""
+    chat = min(default, limit)
+    return chat, min(COMPLETION_DEFAULT_MAX_TOKENS, chat)
+
+
+def request_models(
+    max_tokens_limit: int, default: int = DEFAULT_MAX_TOKENS, n_vocab: int | None = None
+) -> tuple[type[Sampling], type[Sampling]]:
+    """(chat request, completion request) with `max_tokens` bounded by the server's limit (and
+    token ids by the vocabulary, once it is known)."""
+    chat, completion = default_max_tokens(max_tokens_limit, default)
+    prompt = {"prompt": _prompt(n_vocab)} if n_vocab is not None else {}
     return (
-        _with_limit(ChatCompletionRequestBase, "ChatCompletionRequest", max_tokens_limit),
-        _with_limit(CompletionRequestBase, "CompletionRequest", max_tokens_limit),
+        _with_limit(ChatCompletionRequestBase, "ChatCompletionRequest", max_tokens_limit, chat),
+        _with_limit(CompletionRequestBase, "CompletionRequest", max_tokens_limit, completion, **prompt),
     )
 
 
@@ -434,8 +612,22 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
     return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
 
 
-def operations(chat_request: type[Sampling], completion_request: type[Sampling]) -> list[Operation]:
+def operations(
+    chat_request: type[Sampling],
+    completion_request: type[Sampling],
+    *,
+    embeddings: bool,
+    embedding: type[EmbeddingRequest] = EmbeddingRequest,
+) -> list[Operation]:
+    """The server's operations; /v1/embeddings only when it serves them (--embeddings)."""
     completion_errors = _errors(400, 401, 404, 413, 503, 504)
+    embedding_operation = Operation(
+        "/v1/embeddings",
+        "POST",
+        "Embeddings (pooled, L2-normalised) of strings or token ids",
+        {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 503)},
+        request=embedding,
+    )
     return [
         Operation(
             "/v1/chat/completions",
@@ -468,13 +660,7 @@ def operations(chat_request: type[Sampling], completion_request: type[Sampling])
             },
             request=completion_request,
         ),
-        Operation(
-            "/v1/embeddings",
-            "POST",
-            "Embeddings (pooled, L2-normalised) of strings or token ids",
-            {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 503)},
-            request=EmbeddingRequest,
-        ),
+        *([embedding_operation] if embeddings else []),
         Operation(
             "/v1/models", "GET", "The model served", {200: Reply("The list", ModelList), **_errors(401, 503)}
         ),

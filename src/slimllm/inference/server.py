@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
-from slimllm.clitypes import MAX_BODY_BYTES, max_body_option
+from slimllm.clitypes import DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, TEMPLATE_TIMEOUT, max_body_option
 from slimllm.errors import UserError
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts
 from slimllm.httpserver import HEADER_TIMEOUT, IDLE_TIMEOUT, connection_options, server_options
@@ -169,6 +169,15 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     help="A Jinja chat template file; overrides --chat-format and the GGUF's template.",
 )
 @click.option(
+    "--template-timeout",
+    type=click.FloatRange(min=0.01),
+    default=TEMPLATE_TIMEOUT,
+    envvar="SLIMLLM_TEMPLATE_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a Jinja chat template may take to render one request; longer gets 400 (a loop "
+    "in a GGUF's template would otherwise hold a worker thread).",
+)
+@click.option(
     "--host",
     default="127.0.0.1",
     envvar="SLIMLLM_HOST",
@@ -206,8 +215,16 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
     default=2048,
     envvar="SLIMLLM_MAX_TOKENS_LIMIT",
     show_envvar=True,
-    help="Most tokens one request may generate: a larger max_tokens gets 400, and a chat request "
-    "without one gets at most this many.",
+    help="Most tokens one request may generate: a larger max_tokens gets 400.",
+)
+@click.option(
+    "--default-max-tokens",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_TOKENS,
+    envvar="SLIMLLM_DEFAULT_MAX_TOKENS",
+    show_envvar=True,
+    help="Most tokens a chat request without max_tokens generates (at most --max-tokens-limit); "
+    "a text completion without one gets 16, as OpenAI's.",
 )
 @max_body_option("SLIMLLM_MAX_BODY_BYTES")
 @click.option(
@@ -263,6 +280,7 @@ def _serve(
     pooling: str | None,
     chat_format: str | None,
     chat_template_file: Path | None,
+    template_timeout: float,
     host: str,
     port: int,
     allowed_hosts: AllowedHosts,
@@ -271,6 +289,7 @@ def _serve(
     api_key_file: Path | None,
     queue_size: int,
     max_tokens_limit: int,
+    default_max_tokens: int,
     max_body_bytes: int,
     request_timeout: float,
     shutdown_grace: float,
@@ -318,7 +337,9 @@ def _serve(
             shutdown_grace=shutdown_grace,
             log_level=log_level,
             max_tokens_limit=max_tokens_limit,
+            default_max_tokens=default_max_tokens,
             max_body_bytes=max_body_bytes,
+            template_timeout=template_timeout,
         )
     )
 
@@ -346,10 +367,12 @@ def run_server(
     shutdown_grace: float,
     log_level: str,
     max_tokens_limit: int = 2048,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
     max_body_bytes: int = MAX_BODY_BYTES,
     allowed_hosts: AllowedHosts = LOCAL_ONLY,
     header_timeout: float = HEADER_TIMEOUT,
     idle_timeout: int = IDLE_TIMEOUT,
+    template_timeout: float = TEMPLATE_TIMEOUT,
 ) -> int:
     import uvicorn
 
@@ -371,8 +394,11 @@ def run_server(
             api_key=api_key,
             request_timeout=request_timeout,
             max_tokens_limit=max_tokens_limit,
+            default_max_tokens=default_max_tokens,
             max_body_bytes=max_body_bytes,
             allowed_hosts=allowed_hosts,
+            embeddings=bool(engine_options.get("embeddings")),
+            template_timeout=template_timeout,
         ),
         load=lambda: Engine(load_model(), **engine_options),
         on_fatal=on_fatal,
