@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import max_body_option, secret_key
+from slimllm.clitypes import client_networks, client_options, max_body_option, secret_key
 from slimllm.errors import UserError
-from slimllm.networks import parse_networks
 
 
 @click.command("chat-interface")
@@ -95,7 +94,8 @@ from slimllm.networks import parse_networks
     default=2,
     envvar="SLIMLLM_CHAT_MAX_STREAMS_PER_CLIENT",
     show_envvar=True,
-    help="Chat requests one client may have in flight at once (0: no limit); more get 429.",
+    help="Chat requests one public client may have in flight (or waiting) at once (0: no limit); "
+    "more get 429.",
 )
 @click.option(
     "--rate-limit",
@@ -103,18 +103,10 @@ from slimllm.networks import parse_networks
     default=30,
     envvar="SLIMLLM_CHAT_RATE_LIMIT",
     show_envvar=True,
-    help="Chat requests a minute one client may make (0: no limit); more get 429 with Retry-After.",
+    help="Chat requests a minute one public client may make (0: no limit); more get 429 with "
+    "Retry-After. An IPv6 client is its /64.",
 )
-@click.option(
-    "--trusted-proxies",
-    default="",
-    envvar="SLIMLLM_CHAT_TRUSTED_PROXIES",
-    show_envvar=True,
-    help="Addresses or networks of the proxies (the Cloudflare tunnel's connector) whose "
-    "CF-Connecting-IP header names the client, e.g. 172.16.0.0/12, or `local`: the networks this "
-    "container is attached to (in a stack: the stack's own, where the tunnel is); from any other "
-    "peer the header is ignored and the peer is the client.",
-)
+@client_options("SLIMLLM_CHAT_")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -137,6 +129,9 @@ def chat_interface(
     max_streams_per_client: int,
     rate_limit: int,
     trusted_proxies: str,
+    local_clients: str,
+    max_in_flight: int,
+    max_waiting: int,
     log_level: str,
 ) -> None:
     """Serve the chat page and API in front of OpenAI-compatible backends.
@@ -153,10 +148,7 @@ def chat_interface(
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     api_key = secret_key("SLIMLLM_CHAT_API_KEY", api_key_file)
-    try:
-        networks = tuple(parse_networks(trusted_proxies))
-    except ValueError as exc:
-        raise UserError(f"--trusted-proxies / SLIMLLM_CHAT_TRUSTED_PROXIES: {exc}") from None
+    proxies, local = client_networks("SLIMLLM_CHAT_", trusted_proxies, local_clients)
     try:
         import uvicorn
 
@@ -177,7 +169,10 @@ def chat_interface(
                 max_tokens_limit=max_tokens_limit,
                 max_streams_per_client=max_streams_per_client,
                 rate_limit=rate_limit,
-                trusted_proxies=networks,
+                trusted_proxies=proxies,
+                local_clients=local,
+                max_in_flight=max_in_flight,
+                max_waiting=max_waiting,
             ),
         ),
         host=host,

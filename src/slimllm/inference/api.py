@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
-from slimllm.clitypes import MAX_BODY_BYTES
+from slimllm.clitypes import MAX_BODY_BYTES, ClientSettings
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
 from slimllm.inference.engine import Engine, EngineError, Event, Finished, Job, QueueFull, TokenLogprob
@@ -61,7 +61,7 @@ from slimllm.inference.schemas import (
     request_models,
 )
 from slimllm.inference.structured import SchemaError, json_object_grammar, schema_grammar
-from slimllm.limits import BodyLimit, Disconnected, until_disconnect
+from slimllm.limits import BodyLimit, ClientLimits, Disconnected, until_disconnect
 from slimllm.model import ModelError
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 from slimllm.openapi import document, parse
@@ -85,6 +85,7 @@ class Settings:
     keepalive_seconds: float = 15.0
     max_tokens_limit: int = 2048
     max_body_bytes: int = MAX_BODY_BYTES
+    clients: ClientSettings = field(default_factory=ClientSettings)  # limits.ClientLimits
 
 
 class ServerState:
@@ -632,12 +633,27 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         exception_handlers=exception_handlers(log),
         middleware=[
             Middleware(_Guard, api_key=settings.api_key, counter=http_requests),
+            # With a key, only requests carrying it get this far: each is the operator's.
+            Middleware(
+                ClientLimits,
+                paths=_LIMITED_ROUTES,
+                settings=settings.clients,
+                operator=(lambda scope: True) if settings.api_key else None,
+            ),
             Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         ],
     )
 
 
 _OPEN_ROUTES = frozenset({"/health", "/metrics"})
+# The routes that cost the server work: the per-client and global limits apply to their POSTs.
+_LIMITED_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/apply-template",
+    "/tokenize",
+)
 _ROUTES = _OPEN_ROUTES | {
     "/v1/models",
     "/v1/chat/completions",

@@ -12,7 +12,14 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
-from slimllm.clitypes import MAX_BODY_BYTES, max_body_option, secret_key
+from slimllm.clitypes import (
+    MAX_BODY_BYTES,
+    ClientSettings,
+    client_networks,
+    client_options,
+    max_body_option,
+    secret_key,
+)
 from slimllm.errors import UserError
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
@@ -207,6 +214,24 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
 )
 @max_body_option("SLIMLLM_MAX_BODY_BYTES")
 @click.option(
+    "--rate-limit",
+    type=click.IntRange(min=0),
+    default=30,
+    envvar="SLIMLLM_RATE_LIMIT",
+    show_envvar=True,
+    help="Requests a minute one public client may make to the generation and text routes (0: no "
+    "limit); more get 429 with Retry-After. An IPv6 client is its /64.",
+)
+@click.option(
+    "--max-requests-per-client",
+    type=click.IntRange(min=0),
+    default=2,
+    envvar="SLIMLLM_MAX_REQUESTS_PER_CLIENT",
+    show_envvar=True,
+    help="Requests one public client may have in flight (or waiting) at once (0: no limit); more get 429.",
+)
+@client_options("SLIMLLM_")
+@click.option(
     "--request-timeout",
     type=click.FloatRange(min=1),
     default=600.0,
@@ -265,12 +290,19 @@ def _serve(
     queue_size: int,
     max_tokens_limit: int,
     max_body_bytes: int,
+    rate_limit: int,
+    max_requests_per_client: int,
+    trusted_proxies: str,
+    local_clients: str,
+    max_in_flight: int,
+    max_waiting: int,
     request_timeout: float,
     shutdown_grace: float,
     log_level: str,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = secret_key("SLIMLLM_API_KEY", api_key_file)
+    proxies, local = client_networks("SLIMLLM_", trusted_proxies, local_clients)
     template = None
     if chat_template_file is not None:
         try:
@@ -309,6 +341,9 @@ def _serve(
             log_level=log_level,
             max_tokens_limit=max_tokens_limit,
             max_body_bytes=max_body_bytes,
+            clients=ClientSettings(
+                rate_limit, max_requests_per_client, max_in_flight, max_waiting, proxies, local
+            ),
         )
     )
 
@@ -337,6 +372,7 @@ def run_server(
     log_level: str,
     max_tokens_limit: int = 2048,
     max_body_bytes: int = MAX_BODY_BYTES,
+    clients: ClientSettings | None = None,
 ) -> int:
     import uvicorn
 
@@ -359,6 +395,7 @@ def run_server(
             request_timeout=request_timeout,
             max_tokens_limit=max_tokens_limit,
             max_body_bytes=max_body_bytes,
+            clients=clients or ClientSettings(),
         ),
         load=lambda: Engine(load_model(), **engine_options),
         on_fatal=on_fatal,
