@@ -1,0 +1,161 @@
+"""Who is a client, on the real containers: the inference server (one slot, the real model) and
+the chat gateway in front of it, each chat with the environment the stacks give it
+(src/slimllm/runner/services.yml), reached from the host through ports published on 127.0.0.1,
+i.e. through the bridge gateway, as a runner's own job reaches them.
+
+- A spoofed `CF-Connecting-IP` sent from the host is ignored: the host stays one client (a chat
+  whose per-client limits apply to the host too, to see it).
+- 16 concurrent requests from the host through the gateway finish within 1.2x of the same load
+  sent straight to the inference server, with no refusal (issue 28: 8,322 refusals at concurrency
+  16 before).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.dockerutil import REPO_ROOT, published_port, wait_for_http
+from tests.test_chat import (
+    CHAT_IMAGE,
+    chat_image,  # noqa: F401  (the chat image, built once)
+)
+from tests.test_inference import IMAGE as INFERENCE_IMAGE
+from tests.test_inference import inference_image  # noqa: F401  (the inference image, built once)
+
+pytestmark = [pytest.mark.docker, pytest.mark.model, pytest.mark.slow]
+
+RUN_ID = uuid.uuid4().hex[:6]
+CONCURRENCY = 16
+REQUESTS = 48
+BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12, "temperature": 0}
+
+
+def name(role: str) -> str:
+    return f"slimllm-clients-{RUN_ID}-{role}"
+
+
+def stack_environment(service: str) -> dict[str, str]:
+    """A service's environment as every stack sets it, without the ${...} a stack fills in."""
+    services = yaml.safe_load((REPO_ROOT / "src/slimllm/runner/services.yml").read_text())["services"]
+    environment = services[service].get("environment", {})
+    return {k: str(v) for k, v in environment.items() if "${" not in str(v)}
+
+
+@dataclass
+class Stack:
+    inference: str
+    chat: str
+    strict_chat: str  # its per-client limits apply to the host too (SLIMLLM_CHAT_LOCAL_CLIENTS=none)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_client: Any,
+    inference_image: Any,  # noqa: F811
+    chat_image: Any,  # noqa: F811
+    default_model: Path,
+) -> Iterator[Stack]:
+    network = docker_client.networks.create(name("net"))
+    containers: list[Any] = []
+
+    def run(image: str, role: str, port: str, env: dict[str, str], **kwargs: Any) -> str:
+        container = docker_client.containers.run(
+            image,
+            detach=True,
+            name=name(role),
+            network=network.name,
+            ports={port: ("127.0.0.1", None)},
+            read_only=True,
+            tmpfs={"/tmp": ""},
+            environment=env,
+            **kwargs,
+        )
+        containers.append(container)
+        return f"http://127.0.0.1:{published_port(container, port)}"
+
+    try:
+        inference = run(
+            INFERENCE_IMAGE,
+            "inf",
+            "8080/tcp",
+            {
+                **stack_environment("inference"),
+                "SLIMLLM_THREADS": "2",
+                "SLIMLLM_SLOTS": "1",
+                "SLIMLLM_CTX_SIZE": "1024",
+            },
+            volumes={str(default_model.parent): {"bind": "/models", "mode": "ro"}},
+        )
+        chat_env = {
+            **stack_environment("chat"),
+            "SLIMLLM_CHAT_MODELS": f"gemma=http://{name('inf')}:8080",
+            "SLIMLLM_CHAT_POLL_INTERVAL": "1",
+        }
+        chat = run(CHAT_IMAGE, "chat", "8000/tcp", chat_env)
+        strict_chat = run(
+            CHAT_IMAGE,
+            "strict",
+            "8000/tcp",
+            {**chat_env, "SLIMLLM_CHAT_RATE_LIMIT": "2", "SLIMLLM_CHAT_LOCAL_CLIENTS": "none"},
+        )
+        wait_for_http(inference + "/health", timeout=120)
+        for url in (chat, strict_chat):
+            wait_for_http(url + "/health", timeout=30)
+            deadline = time.monotonic() + 30
+            while httpx.get(url + "/health").json()["models"]["gemma"] != "up":
+                assert time.monotonic() < deadline, "the gateway never saw its backend"
+                time.sleep(0.2)
+        yield Stack(inference, chat, strict_chat)
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        network.remove()
+
+
+def test_a_spoofed_cf_connecting_ip_from_the_host_is_ignored(stack: Stack) -> None:
+    body = {**BODY, "model": "gemma", "max_tokens": 2}
+    with httpx.Client(timeout=60) as client:
+        codes = [
+            client.post(
+                stack.strict_chat + "/v1/chat/completions",
+                json=body,
+                headers={"CF-Connecting-IP": f"203.0.113.{i}"},
+            ).status_code
+            for i in range(3)
+        ]
+    # Believed, each spoofed address would be a new client with an allowance of its own.
+    assert codes == [200, 200, 429], codes
+
+
+def load(url: str, body: dict[str, Any]) -> tuple[float, list[int]]:
+    with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+        start = time.monotonic()
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: client.post(url + "/v1/chat/completions", json=body).status_code,
+                    range(REQUESTS),
+                )
+            )
+        return time.monotonic() - start, codes
+
+
+def test_sixteen_local_requests_through_the_gateway_as_fast_as_direct(stack: Stack) -> None:
+    load(stack.inference, {**BODY, "max_tokens": 2})  # warm: the first request pays for the cache
+    direct, direct_codes = load(stack.inference, BODY)
+    gateway, gateway_codes = load(stack.chat, {**BODY, "model": "gemma"})
+    print(f"{REQUESTS} requests at concurrency {CONCURRENCY}: direct {direct:.1f} s, gateway {gateway:.1f} s")
+    assert direct_codes == [200] * REQUESTS, sorted(set(direct_codes))
+    refused = [c for c in gateway_codes if c != 200]
+    assert not refused, f"{len(refused)} of {REQUESTS} refused through the gateway: {sorted(set(refused))}"
+    assert gateway <= 1.2 * direct, (direct, gateway)
