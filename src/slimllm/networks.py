@@ -184,8 +184,14 @@ class TrustedProxies:
 
     async def _lookup(self) -> None:
         found: list[Network] = []
-        for name in self.names:
-            for text in await self._resolver(name):
+        answers = {name: await self._resolver(name) for name in self.names}
+        if not any(answers.values()) and len(self.networks) > len(self.static):
+            # No answer at all (a DNS hiccup, or the tunnel stopped): the last addresses stay
+            # trusted rather than the tunnel's requests counting as the host's.
+            self._resolved_at = self._clock()
+            return
+        for name, texts in answers.items():
+            for text in texts:
                 address = ipaddress.ip_address(text.split("%")[0])
                 if address in self.gateways or not self.is_attached(address):
                     self._say(
