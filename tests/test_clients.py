@@ -42,7 +42,11 @@ from tests.fakes.openai_backend import serve_backend
 
 KEY = "operator-key-0123456789abcdef"
 CHAT = {"model": "xss", "messages": [{"role": "user", "content": "x"}]}
-SLOW = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+SLOW = {
+    "model": "slow",
+    "messages": [{"role": "user", "content": "x"}],
+    "stream": True,
+}  # waits before its answer
 # A container on 127.0.0.0/8 whose gateway (the host, as docker-proxy's peer) is 127.0.0.1; the
 # tunnel is 127.0.0.2 on it.
 ROUTES = """\
@@ -315,17 +319,17 @@ def test_past_the_global_cap_503_with_retry_after(backend: str) -> None:
     assert busy.json()["error"]["code"] == "server_busy" and int(busy.headers["Retry-After"]) >= 1
 
 
-def test_a_polite_client_is_served_before_a_greedy_backlog(backend: str) -> None:
-    """One place; the host queues 8 slow requests, then a visitor through the tunnel asks once: it
-    is let in after at most one more of the host's, not after all eight."""
+def test_a_polite_client_is_served_before_a_greedy_backlog() -> None:
+    """One place; the host queues 6 slow requests (1 s each), then a visitor through the tunnel
+    asks once: it is let in after at most one more of the host's, not after all of them."""
     protection = Protection(
         max_in_flight=1,
         max_waiting=32,
         rate_limit=0,
-        trusted_proxies=tuple(parse_networks("127.0.0.2")),
-        local_clients=tuple(parse_networks("127.0.0.1")),
+        trusted_proxies=tuple(parse_networks(TUNNEL)),
+        local_clients=tuple(parse_networks(GATEWAY)),
     )
-    with gateway(backend, protection) as url, from_address(TUNNEL) as tunnel:
+    with serve_backend(delay=1.0) as (slow_backend, _), gateway(slow_backend, protection) as url:
         finished: dict[str, float] = {}
 
         def greedy(i: int) -> int:
@@ -333,17 +337,17 @@ def test_a_polite_client_is_served_before_a_greedy_backlog(backend: str) -> None
             finished[f"host-{i}"] = time.monotonic()
             return code
 
-        with ThreadPoolExecutor(8) as pool:
-            host = [pool.submit(greedy, i) for i in range(8)]
-            time.sleep(0.3)  # all eight are in or waiting
+        with ThreadPoolExecutor(6) as pool, from_address(TUNNEL) as tunnel:
+            host = [pool.submit(greedy, i) for i in range(6)]
+            time.sleep(0.5)  # the host's first is in, the others wait
             polite = tunnel.post(
                 url + "/v1/chat/completions", json=SLOW, headers={"CF-Connecting-IP": "198.51.100.1"}
             )
             finished["visitor"] = time.monotonic()
             assert polite.status_code == 200
-            assert [f.result() for f in host] == [200] * 8
+            assert [f.result() for f in host] == [200] * 6
     order = sorted(finished, key=finished.__getitem__)
-    assert order.index("visitor") <= 2, order
+    assert order.index("visitor") <= 2, order  # first come, first served: 6
 
 
 def test_admission_lets_waiters_in_one_client_after_the_other() -> None:
