@@ -4,7 +4,8 @@ the chat gateway in front of it, each chat with the environment the stacks give 
 i.e. through the bridge gateway, as a runner's own job reaches them.
 
 - A spoofed `CF-Connecting-IP` sent from the host is ignored: the host stays one client (a chat
-  whose per-client limits apply to the host too, to see it).
+  whose per-client limits apply to the host too, to see it); the same header from a container
+  that is the `tunnel` service on the stack's network (found by DNS, as in the stacks) is believed.
 - 16 concurrent requests from the host through the gateway finish within 1.2x of the same load
   sent straight to the inference server, with no refusal (issue 28: 8,322 refusals at concurrency
   16 before).
@@ -56,6 +57,7 @@ class Stack:
     inference: str
     chat: str
     strict_chat: str  # its per-client limits apply to the host too (SLIMLLM_CHAT_LOCAL_CLIENTS=none)
+    network: Any
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def stack(
             while httpx.get(url + "/health").json()["models"]["gemma"] != "up":
                 assert time.monotonic() < deadline, "the gateway never saw its backend"
                 time.sleep(0.2)
-        yield Stack(inference, chat, strict_chat)
+        yield Stack(inference, chat, strict_chat, network)
     finally:
         for container in containers:
             container.remove(force=True)
@@ -141,6 +143,36 @@ def test_a_spoofed_cf_connecting_ip_from_the_host_is_ignored(stack: Stack) -> No
         )
     # Believed, each spoofed address would be a client with a place of its own: three 200s.
     assert sorted(codes) == [200, 429, 429], codes
+
+
+# Three requests at once, each from another visitor, from inside the stack's network.
+VISITORS = """
+import concurrent.futures, httpx, sys
+def one(i):
+    visitor = {{"CF-Connecting-IP": f"198.51.100.{{i}}"}}
+    return httpx.post(sys.argv[1], json={body}, headers=visitor, timeout=300).status_code
+with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    print(sorted(pool.map(one, range(3))))
+"""
+
+
+def test_cf_connecting_ip_from_the_tunnel_service_is_believed(docker_client: Any, stack: Stack) -> None:
+    body = {**BODY, "model": "gemma"}
+    container = docker_client.containers.create(
+        CHAT_IMAGE,
+        entrypoint=["python3", "-c", VISITORS.format(body=body)],
+        command=[f"http://{name('strict')}:8000/v1/chat/completions"],
+        name=name("tunnel"),
+        read_only=True,
+    )
+    try:
+        stack.network.connect(container, aliases=["tunnel"])
+        container.start()
+        assert container.wait(timeout=300)["StatusCode"] == 0, container.logs().decode()[-2000:]
+        # Three visitors, one place each: none refused (from the host, the same gets two 429s).
+        assert container.logs(stderr=False).decode().strip() == "[200, 200, 200]"
+    finally:
+        container.remove(force=True)
 
 
 def load(url: str, body: dict[str, Any]) -> tuple[float, list[int]]:
