@@ -255,6 +255,21 @@ def test_a_proxy_name_counts_only_on_the_containers_own_networks_and_never_as_th
     assert proxies.networks == []
 
 
+def test_without_a_tunnel_requests_wait_on_no_dns(container_routes: dict[str, list[str]]) -> None:
+    """A stack without the tunnel: the name is looked up before the first request only; then in
+    the background. With a tunnel, a request from the host waits for a fresh answer first."""
+    host = ipaddress.ip_address(GATEWAY)
+    container_routes.pop("tunnel")
+    proxies = TrustedProxies(["tunnel"])
+    assert proxies.needs_lookup(host)
+    asyncio.run(proxies.refresh())
+    assert not proxies.found and not proxies.needs_lookup(host)
+    container_routes["tunnel"] = [TUNNEL]
+    asyncio.run(proxies.refresh(max_age=0))
+    assert proxies.found and proxies.needs_lookup(host)
+    assert not proxies.needs_lookup(ipaddress.ip_address(TUNNEL))
+
+
 def test_local_is_refused_as_a_trusted_proxy_with_a_way_out() -> None:
     with pytest.raises(ValueError, match="tunnel"):
         parse_proxies("local")

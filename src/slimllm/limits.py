@@ -326,12 +326,10 @@ class ClientLimits:
         peer = peer_address(scope)
         trusted = False
         if peer is not None:
-            if self.proxies.names:
-                # A peer on the container's own networks that is not a trusted proxy may be the
-                # tunnel with a new address: look again first (at most every FRESH_SECONDS).
-                trusted = self.proxies.trusts(peer)
-                mine = self.proxies.is_attached(peer)
-                await self.proxies.refresh(FRESH_SECONDS if mine and not trusted else RESOLVE_SECONDS)
+            if self.proxies.needs_lookup(peer):
+                await self.proxies.refresh(FRESH_SECONDS)
+            else:
+                self.proxies.refresh_soon(RESOLVE_SECONDS)
             trusted = self.proxies.trusts(peer)
         key = client_key(scope, self.proxies.networks)
         if self.operator is not None and self.operator(scope):

@@ -4,8 +4,10 @@ anything of the apps is imported.
 
 - Trusted proxies (`SLIMLLM_CHAT_TRUSTED_PROXIES`, `SLIMLLM_TRUSTED_PROXIES`): addresses, networks
   or host names. A host name (in the stacks: `tunnel`, the tunnel's service name) is looked up in
-  DNS at start and again at most every RESOLVE_SECONDS (at most every FRESH_SECONDS when a peer
-  of the container's own networks asks); only the addresses it has on a network this container is
+  DNS at the first request, then in the background every RESOLVE_SECONDS, and, while a tunnel
+  exists, at most every FRESH_SECONDS before a request from a peer of the container's own networks
+  is taken for not the tunnel's (it may have restarted with a new address); only the addresses it
+  has on a network this container is
   attached to directly count, and never a network's gateway: in Docker that address is the host,
   through which every published port is reached (docker-proxy, rootless port drivers), so trusting
   it would let anyone who reaches a published port name themselves in `CF-Connecting-IP`.
@@ -135,7 +137,7 @@ async def resolve(name: str) -> list[str]:
     """The addresses DNS gives `name` (empty when it has none, e.g. the tunnel is not running)."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), 5)
+        infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), 2)
     except (OSError, TimeoutError, UnicodeError):
         return []
     return [str(info[4][0]) for info in infos]
@@ -173,6 +175,28 @@ class TrustedProxies:
     def is_attached(self, address: Address) -> bool:
         return any(address in net for net in self.attached)
 
+    @property
+    def found(self) -> bool:
+        """Whether a name has had a trusted address (the tunnel exists)."""
+        return len(self.networks) > len(self.static)
+
+    def needs_lookup(self, peer: Address) -> bool:
+        """Whether to look the names up before believing a request of `peer` is not the tunnel's:
+        at the first request, and for a peer of the container's own networks that is not trusted
+        while a tunnel exists (it may have restarted with a new address). Otherwise the lookups
+        run in the background (refresh_soon), so a stack without a tunnel waits on no DNS."""
+        if not self.names:
+            return False
+        if self._resolved_at == -float("inf"):
+            return True
+        return self.found and self.is_attached(peer) and not self.trusts(peer)
+
+    def refresh_soon(self, max_age: float = RESOLVE_SECONDS) -> None:
+        """refresh() in the background."""
+        stale = self.names and self._clock() - self._resolved_at >= max_age
+        if stale and (self._pending is None or self._pending.done()):
+            self._pending = asyncio.ensure_future(self._lookup())
+
     async def refresh(self, max_age: float = RESOLVE_SECONDS) -> None:
         """Look the host names up again if their addresses are older than `max_age` (one lookup
         at a time; whoever asks meanwhile waits for it)."""
@@ -185,7 +209,7 @@ class TrustedProxies:
     async def _lookup(self) -> None:
         found: list[Network] = []
         answers = {name: await self._resolver(name) for name in self.names}
-        if not any(answers.values()) and len(self.networks) > len(self.static):
+        if not any(answers.values()) and self.found:
             # No answer at all (a DNS hiccup, or the tunnel stopped): the last addresses stay
             # trusted rather than the tunnel's requests counting as the host's.
             self._resolved_at = self._clock()
