@@ -255,19 +255,25 @@ def test_a_proxy_name_counts_only_on_the_containers_own_networks_and_never_as_th
     assert proxies.networks == []
 
 
-def test_without_a_tunnel_requests_wait_on_no_dns(container_routes: dict[str, list[str]]) -> None:
-    """A stack without the tunnel: the name is looked up before the first request only; then in
-    the background. With a tunnel, a request from the host waits for a fresh answer first."""
-    host = ipaddress.ip_address(GATEWAY)
+def test_a_peer_waits_on_dns_once_and_a_tunnel_started_later_is_found(
+    container_routes: dict[str, list[str]],
+) -> None:
+    """A stack whose tunnel starts after the chat (as in the stacks: the tunnel waits for the chat
+    to be healthy): the host's requests wait on DNS once; the tunnel's first request, from an
+    address not seen before, waits for a fresh lookup and is believed."""
+    host, tunnel = ipaddress.ip_address(GATEWAY), ipaddress.ip_address(TUNNEL)
     container_routes.pop("tunnel")
-    proxies = TrustedProxies(["tunnel"])
+    now = [0.0]
+    proxies = TrustedProxies(["tunnel"], clock=lambda: now[0])
     assert proxies.needs_lookup(host)
     asyncio.run(proxies.refresh())
-    assert not proxies.found and not proxies.needs_lookup(host)
+    proxies.checked(host)
+    assert not proxies.needs_lookup(host)  # no tunnel: the host waits on DNS no more
+    now[0] = 2.0
     container_routes["tunnel"] = [TUNNEL]
-    asyncio.run(proxies.refresh(max_age=0))
-    assert proxies.found and proxies.needs_lookup(host)
-    assert not proxies.needs_lookup(ipaddress.ip_address(TUNNEL))
+    assert proxies.needs_lookup(tunnel)
+    asyncio.run(proxies.refresh(max_age=1.0))
+    assert proxies.trusts(tunnel) and not proxies.needs_lookup(tunnel)
 
 
 def test_local_is_refused_as_a_trusted_proxy_with_a_way_out() -> None:

@@ -328,6 +328,8 @@ class ClientLimits:
         if peer is not None:
             if self.proxies.needs_lookup(peer):
                 await self.proxies.refresh(FRESH_SECONDS)
+                if not self.proxies.trusts(peer):
+                    self.proxies.checked(peer)
             else:
                 self.proxies.refresh_soon(RESOLVE_SECONDS)
             trusted = self.proxies.trusts(peer)

@@ -4,9 +4,9 @@ anything of the apps is imported.
 
 - Trusted proxies (`SLIMLLM_CHAT_TRUSTED_PROXIES`, `SLIMLLM_TRUSTED_PROXIES`): addresses, networks
   or host names. A host name (in the stacks: `tunnel`, the tunnel's service name) is looked up in
-  DNS at the first request, then in the background every RESOLVE_SECONDS, and, while a tunnel
-  exists, at most every FRESH_SECONDS before a request from a peer of the container's own networks
-  is taken for not the tunnel's (it may have restarted with a new address); only the addresses it
+  DNS at the first request, then in the background every RESOLVE_SECONDS, and (at most every
+  FRESH_SECONDS) before the first request of a new peer of the container's own networks is taken
+  for not the tunnel's (the tunnel, started or restarted, has a new address); only the addresses it
   has on a network this container is
   attached to directly count, and never a network's gateway: in Docker that address is the host,
   through which every published port is reached (docker-proxy, rootless port drivers), so trusting
@@ -38,6 +38,8 @@ ROUTES = Path("/proc/net/route")
 # may be the tunnel, restarted with a new address).
 RESOLVE_SECONDS = 10.0
 FRESH_SECONDS = 1.0
+# Peers remembered as looked up for and not a proxy (the host, the stack's services), at most.
+MAX_CHECKED = 1024
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*\.?")
 
 log = logging.getLogger("slimllm.networks")
@@ -168,6 +170,7 @@ class TrustedProxies:
         self._resolved_at = -float("inf")
         self._pending: asyncio.Future[None] | None = None
         self._said: set[str] = set()
+        self._checked: set[Address] = set()
 
     def trusts(self, address: Address) -> bool:
         return any(address in net for net in self.networks)
@@ -182,14 +185,21 @@ class TrustedProxies:
 
     def needs_lookup(self, peer: Address) -> bool:
         """Whether to look the names up before believing a request of `peer` is not the tunnel's:
-        at the first request, and for a peer of the container's own networks that is not trusted
-        while a tunnel exists (it may have restarted with a new address). Otherwise the lookups
-        run in the background (refresh_soon), so a stack without a tunnel waits on no DNS."""
+        at the first request, and the first time a peer of the container's own networks that is
+        not trusted asks (the tunnel, started or restarted since the last lookup, has a new
+        address). A peer seen once after a lookup is not waited for again, so a stack without a
+        tunnel waits on DNS once per peer at most; the lookups go on in the background."""
         if not self.names:
             return False
         if self._resolved_at == -float("inf"):
             return True
-        return self.found and self.is_attached(peer) and not self.trusts(peer)
+        return self.is_attached(peer) and not self.trusts(peer) and peer not in self._checked
+
+    def checked(self, peer: Address) -> None:
+        """`peer` was looked up for and is not a trusted proxy."""
+        if len(self._checked) >= MAX_CHECKED:
+            self._checked.clear()
+        self._checked.add(peer)
 
     def refresh_soon(self, max_age: float = RESOLVE_SECONDS) -> None:
         """refresh() in the background."""
@@ -225,6 +235,8 @@ class TrustedProxies:
                     )
                     continue
                 found.append(ipaddress.ip_network(address))
+        if self.networks != [*self.static, *found]:
+            self._checked.clear()  # an address may have changed hands
         self.networks[:] = [*self.static, *found]
         self._resolved_at = self._clock()
         if self.names and not found:
