@@ -35,7 +35,7 @@ from slimllm.chat.config import load_models
 from slimllm.clitypes import ClientSettings
 from slimllm.inference.api import Settings
 from slimllm.inference.api import create_app as create_inference_app
-from slimllm.limits import Admission, client_key
+from slimllm.limits import Admission, ClientLimits, client_key
 from slimllm.networks import TrustedProxies, parse_local, parse_networks, parse_proxies
 from slimllm.openai_errors import ApiError
 from tests.fakes.openai_backend import serve_backend
@@ -260,20 +260,32 @@ def test_a_peer_waits_on_dns_once_and_a_tunnel_started_later_is_found(
 ) -> None:
     """A stack whose tunnel starts after the chat (as in the stacks: the tunnel waits for the chat
     to be healthy): the host's requests wait on DNS once; the tunnel's first request, from an
-    address not seen before, waits for a fresh lookup and is believed."""
-    host, tunnel = ipaddress.ip_address(GATEWAY), ipaddress.ip_address(TUNNEL)
-    container_routes.pop("tunnel")
-    now = [0.0]
-    proxies = TrustedProxies(["tunnel"], clock=lambda: now[0])
-    assert proxies.needs_lookup(host)
-    asyncio.run(proxies.refresh())
-    proxies.checked(host)
-    assert not proxies.needs_lookup(host)  # no tunnel: the host waits on DNS no more
-    now[0] = 2.0
-    container_routes["tunnel"] = [TUNNEL]
-    assert proxies.needs_lookup(tunnel)
-    asyncio.run(proxies.refresh(max_age=1.0))
-    assert proxies.trusts(tunnel) and not proxies.needs_lookup(tunnel)
+    address not seen before, waits for a new lookup, however fresh the last, and is believed."""
+    lookups: list[str] = []
+    answers = container_routes
+    answers.pop("tunnel")
+
+    async def counted(name: str) -> list[str]:
+        lookups.append(name)
+        return list(answers.get(name, []))
+
+    limits = ClientLimits(
+        lambda *_: None,  # type: ignore[arg-type,return-value]
+        paths=(),
+        settings=ClientSettings(),
+        proxies=TrustedProxies(["tunnel"], resolver=counted),
+    )
+
+    async def scenario() -> None:
+        for _ in range(3):
+            assert await limits.who(scope(GATEWAY, cf_connecting_ip="203.0.113.1")) == (GATEWAY, False)
+        assert len(lookups) == 1  # the host waited on DNS once
+        answers["tunnel"] = [TUNNEL]
+        assert await limits.who(scope(TUNNEL, cf_connecting_ip="198.51.100.7")) == ("198.51.100.7", False)
+        assert len(lookups) == 2
+        assert await limits.who(scope(GATEWAY, cf_connecting_ip="203.0.113.1")) == (GATEWAY, False)
+
+    asyncio.run(scenario())
 
 
 def test_local_is_refused_as_a_trusted_proxy_with_a_way_out() -> None:

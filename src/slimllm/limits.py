@@ -31,7 +31,7 @@ from typing import TypeVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slimllm.clitypes import ClientSettings
-from slimllm.networks import FRESH_SECONDS, RESOLVE_SECONDS, Address, Network, TrustedProxies
+from slimllm.networks import RESOLVE_SECONDS, Address, Network, TrustedProxies
 from slimllm.openai_errors import ApiError
 
 T = TypeVar("T")
@@ -327,7 +327,7 @@ class ClientLimits:
         trusted = False
         if peer is not None:
             if self.proxies.needs_lookup(peer):
-                await self.proxies.refresh(FRESH_SECONDS)
+                await self.proxies.refresh(0)  # an answer from before this peer came is no answer
                 if not self.proxies.trusts(peer):
                     self.proxies.checked(peer)
             else:

@@ -4,9 +4,9 @@ anything of the apps is imported.
 
 - Trusted proxies (`SLIMLLM_CHAT_TRUSTED_PROXIES`, `SLIMLLM_TRUSTED_PROXIES`): addresses, networks
   or host names. A host name (in the stacks: `tunnel`, the tunnel's service name) is looked up in
-  DNS at the first request, then in the background every RESOLVE_SECONDS, and (at most every
-  FRESH_SECONDS) before the first request of a new peer of the container's own networks is taken
-  for not the tunnel's (the tunnel, started or restarted, has a new address); only the addresses it
+  DNS at the first request, then in the background every RESOLVE_SECONDS, and again before the
+  first request of a new peer of the container's own networks is taken for not the tunnel's (the
+  tunnel, started after the chat or restarted, has a new address); only the addresses it
   has on a network this container is
   attached to directly count, and never a network's gateway: in Docker that address is the host,
   through which every published port is reached (docker-proxy, rootless port drivers), so trusting
@@ -33,11 +33,9 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOCAL = "local"
 NONE = "none"
 ROUTES = Path("/proc/net/route")
-# How old a host name's addresses may be: looked up again in the background after RESOLVE_SECONDS,
-# and before a request from a peer of the container's own networks after FRESH_SECONDS (that peer
-# may be the tunnel, restarted with a new address).
+# How old a host name's addresses may be: looked up again in the background after this long (and
+# at once before the first request of a new peer of the container's own networks).
 RESOLVE_SECONDS = 10.0
-FRESH_SECONDS = 1.0
 # Peers remembered as looked up for and not a proxy (the host, the stack's services), at most.
 MAX_CHECKED = 1024
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*\.?")
