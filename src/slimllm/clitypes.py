@@ -98,9 +98,10 @@ def client_options(prefix: str) -> Callable[[Callable[..., object]], Callable[..
             envvar=f"{prefix}TRUSTED_PROXIES",
             show_envvar=True,
             help="The proxies (the Cloudflare tunnel's connector) whose CF-Connecting-IP (and, in "
-            "the chat, X-Forwarded-Proto) is believed: addresses, networks, or host names (in a stack: `tunnel`, "
-            "the tunnel's service), looked up again every few seconds; a name counts only with an "
-            "address on this container's own networks that is not their gateway (the host).",
+            "the chat, X-Forwarded-Proto) is believed: addresses, networks, or host names (in a "
+            "stack: `tunnel`, the tunnel's service), looked up again every few seconds; a name "
+            "counts only with an address on this container's own networks that is not their "
+            "gateway (the host).",
         ),
         click.option(
             "--local-clients",
