@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ import pytest
 import uvicorn
 
 from slimllm.chat.app import Protection
+from slimllm.clitypes import ClientSettings
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.api import Settings, create_app
 from slimllm.inference.chat_templates import JinjaChatTemplate
@@ -122,7 +124,9 @@ def inference(engine: FakeEngine, settings: Settings | None = None) -> Iterator[
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, FakeEngine]]:
     engine = FakeEngine(LOOPING)
-    with inference(engine) as url:
+    # Four requests at once from this host: a local client, as in the stacks (no per-client cap).
+    local = ClientSettings(local_clients=(ipaddress.ip_network("127.0.0.0/8"),))
+    with inference(engine, Settings(model_id="m", clients=local)) as url:
         yield url, engine
 
 

@@ -7,6 +7,7 @@ and no 500 from any header. In process: real uvicorn with the servers' own conne
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -28,6 +29,7 @@ from slimllm.chat.app import Protection
 from slimllm.chat.app import create_app as create_chat
 from slimllm.chat.backends import Registry
 from slimllm.chat.config import load_models
+from slimllm.clitypes import ClientSettings
 from slimllm.hosts import AllowedHosts, HostCheck
 from slimllm.httpserver import server_options
 from slimllm.inference.api import Settings
@@ -115,7 +117,13 @@ def engine() -> FakeEngine:
 @pytest.fixture(scope="module")
 def inference(engine: FakeEngine) -> Iterator[int]:
     app = create_inference(
-        Settings(model_id="fake", allowed_hosts=AllowedHosts.parse("api.example.org")),
+        Settings(
+            model_id="fake",
+            allowed_hosts=AllowedHosts.parse("api.example.org"),
+            # This test's client is the host (loopback), a local client as in the stacks: only the
+            # server's own queues bound it (the client limits are tests/test_clients.py's).
+            clients=ClientSettings(local_clients=(ipaddress.ip_network("127.0.0.0/8"),)),
+        ),
         load=lambda: engine,  # type: ignore[arg-type,return-value]
         on_fatal=lambda message: None,
     )

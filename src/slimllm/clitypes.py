@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from slimllm.errors import UserError
+from slimllm.networks import Network, parse_local, parse_proxies
 
 
 class _Line(click.types.StringParamType):
@@ -75,3 +77,88 @@ def max_body_option(envvar: str) -> Callable[[Callable[..., object]], Callable[.
         show_envvar=True,
         help="Largest request body in bytes; a larger one gets 413 without being read.",
     )
+
+
+# The global cap of both apps (limits.Admission): requests at once on the costly routes, and
+# requests waiting for a place; more get 503 with Retry-After.
+MAX_IN_FLIGHT = 64
+MAX_WAITING = 128
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Both apps' per-client and global limits and who is who (limits.ClientLimits)."""
+
+    rate_limit: int = 30  # requests a minute per public client; 0: none
+    per_client: int = 2  # requests in flight (or waiting) per public client; 0: none
+    max_in_flight: int = MAX_IN_FLIGHT  # for all clients together; 0: no cap
+    max_waiting: int = MAX_WAITING
+    trusted_proxies: tuple[Network | str, ...] = ()  # a str: a host name (slimllm.networks)
+    local_clients: tuple[Network, ...] = ()  # nobody, unless given (the commands: `local`)
+
+
+def client_options(prefix: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """Who a request is from, and the global cap: the options both apps share (slimllm.networks,
+    slimllm.limits.ClientLimits), as `<prefix>TRUSTED_PROXIES` and so on."""
+    options = [
+        click.option(
+            "--trusted-proxies",
+            default="",
+            envvar=f"{prefix}TRUSTED_PROXIES",
+            show_envvar=True,
+            help="The proxies (the Cloudflare tunnel's connector) whose CF-Connecting-IP (and, in "
+            "the chat, X-Forwarded-Proto) is believed: addresses, networks, or host names (in a "
+            "stack: `tunnel`, the tunnel's service), looked up again every few seconds; a name "
+            "counts only with an address on this container's own networks that is not their "
+            "gateway (the host).",
+        ),
+        click.option(
+            "--local-clients",
+            default="local",
+            envvar=f"{prefix}LOCAL_CLIENTS",
+            show_envvar=True,
+            help="Peers whose requests are the operator's (no per-client limits: they wait for a "
+            "place instead): `local` (loopback and this container's own networks, i.e. the host "
+            "through a published port and the stack's services; never a trusted proxy), `none`, or "
+            "addresses and networks.",
+        ),
+        click.option(
+            "--max-in-flight",
+            type=click.IntRange(min=0),
+            default=MAX_IN_FLIGHT,
+            envvar=f"{prefix}MAX_IN_FLIGHT",
+            show_envvar=True,
+            help="Requests served at once, all clients together (0: no cap); the next ones wait.",
+        ),
+        click.option(
+            "--max-waiting",
+            type=click.IntRange(min=0),
+            default=MAX_WAITING,
+            envvar=f"{prefix}MAX_WAITING",
+            show_envvar=True,
+            help="Requests that may wait for a place, served one client after the other; more get "
+            "503 with Retry-After.",
+        ),
+    ]
+
+    def decorate(command: Callable[..., object]) -> Callable[..., object]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def client_networks(
+    prefix: str, trusted_proxies: str, local_clients: str
+) -> tuple[tuple[Network | str, ...], tuple[Network, ...]]:
+    """The parsed --trusted-proxies and --local-clients; a UserError names a bad one."""
+    try:
+        proxies = tuple(parse_proxies(trusted_proxies))
+    except ValueError as exc:
+        raise UserError(f"--trusted-proxies / {prefix}TRUSTED_PROXIES: {exc}") from None
+    try:
+        local = tuple(parse_local(local_clients))
+    except ValueError as exc:
+        raise UserError(f"--local-clients / {prefix}LOCAL_CLIENTS: {exc}") from None
+    return proxies, local

@@ -68,17 +68,23 @@ from slimllm.chat.schemas import (
 from slimllm.chat.schemas import (
     embedding_request as embedding_model,
 )
-from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, MAX_BODY_BYTES
+from slimllm.clitypes import (
+    GATEWAY_DEFAULT_MAX_TOKENS,
+    MAX_BODY_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_WAITING,
+    ClientSettings,
+)
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.limits import (
     BodyLimit,
-    ConcurrencyLimiter,
+    ClientLimits,
     Disconnected,
     RateLimiter,
     client_key,
     until_disconnect,
 )
-from slimllm.networks import Network
+from slimllm.networks import Network, TrustedProxies
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 from slimllm.openapi import document, parse
 
@@ -115,8 +121,15 @@ class Protection:
     max_streams_per_client: int = 2
     rate_limit: int = 30  # generation requests a minute per client
     login_rate_limit: int = 10  # login attempts a minute per client
-    trusted_proxies: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network | str, ...] = ()  # a str: a host name (slimllm.networks)
+    local_clients: tuple[Network, ...] = ()  # peers exempt from per-client limits (limits.ClientLimits)
+    max_in_flight: int = MAX_IN_FLIGHT  # generation requests at once, all clients together
+    max_waiting: int = MAX_WAITING  # and waiting for a place; more get 503
     allowed_hosts: AllowedHosts = LOCAL_ONLY  # the Host check (slimllm.hosts)
+
+
+# The routes the per-client and global limits apply to (their POSTs).
+LIMITED_PATHS = ("/api/chat/stream", "/v1/chat/completions", "/v1/embeddings")
 
 
 def create_app(
@@ -124,10 +137,9 @@ def create_app(
 ) -> Starlette:
     guard = protection or Protection()
     keyring = Keyring(guard.api_key) if guard.api_key else None
-    trusted = list(guard.trusted_proxies)
-    rate = RateLimiter(guard.rate_limit)
+    proxies = TrustedProxies(guard.trusted_proxies)
+    trusted = proxies.networks  # kept current by ClientLimits
     login_rate = RateLimiter(guard.login_rate_limit)
-    streams = ConcurrencyLimiter(guard.max_streams_per_client)
     chat_request, stream_request, embedding_request = request_models(
         guard.max_tokens_limit, list(registry.models), guard.default_max_tokens
     )
@@ -216,8 +228,6 @@ def create_app(
         return parse(model, body, unsupported=UNSUPPORTED)
 
     async def chat_stream(request: Request) -> Response:
-        client = client_of(request)
-        rate.check(client)
         req = validated(await json_body(request), stream_request)
         assert isinstance(req, StreamRequestBase)
         names = req.models
@@ -232,14 +242,8 @@ def create_app(
             )
         jobs = [(m, [*(h.model_dump() for h in history.get(m.name, [])), *messages]) for m in chosen]
         params = forwarded(req, {"models", "messages", "history"})
-        release = streams.acquire(client)
-        return Releasing(
-            EventSourceResponse(
-                multiplex(registry, jobs, params),
-                ping=keepalive,
-                headers={"Cache-Control": "no-store"},
-            ),
-            release,
+        return EventSourceResponse(
+            multiplex(registry, jobs, params), ping=keepalive, headers={"Cache-Control": "no-store"}
         )
 
     async def openai_models(request: Request) -> Response:
@@ -291,15 +295,13 @@ def create_app(
             )
 
     async def openai_embeddings(request: Request) -> Response:
-        rate.check(client_of(request))
         body = await json_body(request)
         require_model(body)
         req = validated(body, embedding_request)
         model = model_or_404(req.model, "model")
         upstream_body = req.model_dump(exclude_none=True, exclude={"model", "user"})
-        # The same in-flight allowance as chat requests: the backend queues (and bounds) the work,
-        # and answers 503 with Retry-After when its queue is full, which is passed on.
-        release = streams.acquire(client_of(request))
+        # The client limits (ClientLimits, LIMITED_PATHS) count it like a chat request; the backend
+        # queues (and bounds) the work, and its 503 with Retry-After is passed on.
         try:
             # The backend request is cancelled (its connection closed) as soon as this client goes.
             return await until_disconnect(
@@ -307,20 +309,14 @@ def create_app(
             )
         except Disconnected:
             return Response(status_code=499)
-        finally:
-            release()
 
     async def openai_chat(request: Request) -> Response:
-        client = client_of(request)
-        rate.check(client)
         body = await json_body(request)
         require_model(body)
         req = validated(body, chat_request)
         assert isinstance(req, ChatCompletionRequestBase)
         model = model_or_404(req.model, "model")
         upstream_body = forwarded(req, {"model", "user"})
-        release = streams.acquire(client)
-        streaming = False
         try:
             if not req.stream:
                 # The backend request is cancelled (its connection closed, which frees its slot) as
@@ -332,20 +328,13 @@ def create_app(
             response = upstream.response
             if response.status_code != 200:
                 return await whole_upstream(upstream, model)
-            streaming = True  # the stream releases its place when it ends
-            return Releasing(
-                StreamingResponse(
-                    relay(upstream),
-                    media_type=response.headers.get("content-type"),
-                    headers=passed_headers(response.headers),
-                ),
-                release,
+            return StreamingResponse(
+                relay(upstream),
+                media_type=response.headers.get("content-type"),
+                headers=passed_headers(response.headers),
             )
         except Disconnected:
             return Response(status_code=499)
-        finally:
-            if not streaming:
-                release()
 
     async def whole_upstream(upstream: Upstream, model: Model) -> Response:
         response = upstream.response
@@ -448,6 +437,20 @@ def create_app(
             Middleware(SecurityHeaders),
             Middleware(HostCheck, allowed=guard.allowed_hosts, setting="SLIMLLM_CHAT_ALLOWED_HOSTS"),
             Middleware(RequireKey, keyring=keyring, trusted=trusted),
+            Middleware(
+                ClientLimits,
+                paths=LIMITED_PATHS,
+                settings=ClientSettings(
+                    rate_limit=guard.rate_limit,
+                    per_client=guard.max_streams_per_client,
+                    max_in_flight=guard.max_in_flight,
+                    max_waiting=guard.max_waiting,
+                    local_clients=guard.local_clients,
+                ),
+                proxies=proxies,
+                # A request with the gateway's own key is the operator's (chat/auth.py).
+                operator=keyring.carries_key if keyring else None,
+            ),
             Middleware(BodyLimit, max_bytes=guard.max_body_bytes),
         ],
     )
@@ -460,21 +463,6 @@ class _StaticFiles(StaticFiles):
         if scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(status_code=405, headers={"Allow": "GET, HEAD"})
         return await super().get_response(path, scope)
-
-
-class Releasing(Response):
-    """Runs a response, then `release` (when it ends, fails, or the client leaves mid-stream)."""
-
-    def __init__(self, inner: Response, release: Callable[[], None]) -> None:  # no super(): a wrapper
-        self.inner, self.release = inner, release
-        self.status_code = inner.status_code
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.inner(scope, receive, send)
-        finally:
-            self.release()
 
 
 # -- requests --------------------------------------------------------------------------------

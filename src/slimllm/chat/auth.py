@@ -95,6 +95,15 @@ class Keyring:
     def has_session(self, scope: Scope) -> bool:
         return any(self.session_valid(value) for value in cookies(scope, COOKIE))
 
+    def carries_key(self, scope: Scope) -> bool:
+        """The request's one bearer token is the key: the operator's own client (an eval, a CI
+        job), which the client limits let wait instead of refusing. Counts no attempt."""
+        try:
+            token = bearer(scope)
+        except ApiError:
+            return False
+        return token is not None and self.keys.secret.matches(token)
+
     def refusal(self, scope: Scope, client: str) -> ApiError | None:
         """None when the request may pass: a valid session cookie, or the key as its bearer token;
         else the error to answer (400 for several Authorization headers, 401, or 429)."""

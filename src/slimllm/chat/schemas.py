@@ -235,7 +235,7 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         413: "The request body is larger than --max-body-bytes.",
         429: "Too many requests from this client (per minute or at once).",
         502: "The backend failed.",
-        503: "No instance of the model is up, or the backend is busy.",
+        503: "No instance of the model is up, the backend is busy, or too many requests wait here.",
         504: "The backend did not answer in time.",
     }
     headers = {429: ("Retry-After",), 503: ("Retry-After",), 401: ("WWW-Authenticate",)}
@@ -333,7 +333,7 @@ def operations(
             "Several models' answers in one text/event-stream (start, token, done, error, final events)",
             {
                 200: Reply("The stream", media="text/event-stream"),
-                **_errors(400, 401, 404, 413, 429),
+                **_errors(400, 401, 404, 413, 429, 503),
             },
             request=stream_request,
         ),

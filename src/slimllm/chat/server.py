@@ -9,12 +9,11 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, max_body_option
+from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, client_networks, client_options, max_body_option
 from slimllm.errors import UserError
 from slimllm.hosts import AllowedHosts
 from slimllm.httpserver import connection_options, server_options
 from slimllm.keys import read_key
-from slimllm.networks import parse_networks
 
 
 @click.command("chat-interface")
@@ -106,7 +105,8 @@ from slimllm.networks import parse_networks
     default=2,
     envvar="SLIMLLM_CHAT_MAX_STREAMS_PER_CLIENT",
     show_envvar=True,
-    help="Chat requests one client may have in flight at once (0: no limit); more get 429.",
+    help="Chat requests one public client may have in flight (or waiting) at once (0: no limit); "
+    "more get 429.",
 )
 @click.option(
     "--rate-limit",
@@ -114,19 +114,11 @@ from slimllm.networks import parse_networks
     default=30,
     envvar="SLIMLLM_CHAT_RATE_LIMIT",
     show_envvar=True,
-    help="Chat requests a minute one client may make (0: no limit); more get 429 with Retry-After.",
-)
-@click.option(
-    "--trusted-proxies",
-    default="",
-    envvar="SLIMLLM_CHAT_TRUSTED_PROXIES",
-    show_envvar=True,
-    help="Addresses or networks of the proxies (the Cloudflare tunnel's connector) whose "
-    "CF-Connecting-IP header names the client, e.g. 172.16.0.0/12, or `local`: the networks this "
-    "container is attached to (in a stack: the stack's own, where the tunnel is); from any other "
-    "peer the header is ignored and the peer is the client.",
+    help="Chat requests a minute one public client may make (0: no limit); more get 429 with "
+    "Retry-After. An IPv6 client is its /64.",
 )
 @connection_options("SLIMLLM_CHAT")
+@client_options("SLIMLLM_CHAT_")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -153,6 +145,9 @@ def chat_interface(
     allowed_hosts: AllowedHosts,
     header_timeout: float,
     idle_timeout: int,
+    local_clients: str,
+    max_in_flight: int,
+    max_waiting: int,
     log_level: str,
 ) -> None:
     """Serve the chat page and API in front of OpenAI-compatible backends.
@@ -169,10 +164,7 @@ def chat_interface(
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     api_key = read_key("SLIMLLM_CHAT_API_KEY", api_key_file)
-    try:
-        networks = tuple(parse_networks(trusted_proxies))
-    except ValueError as exc:
-        raise UserError(f"--trusted-proxies / SLIMLLM_CHAT_TRUSTED_PROXIES: {exc}") from None
+    proxies, local = client_networks("SLIMLLM_CHAT_", trusted_proxies, local_clients)
     try:
         import uvicorn
 
@@ -194,7 +186,10 @@ def chat_interface(
                 default_max_tokens=default_max_tokens,
                 max_streams_per_client=max_streams_per_client,
                 rate_limit=rate_limit,
-                trusted_proxies=networks,
+                trusted_proxies=proxies,
+                local_clients=local,
+                max_in_flight=max_in_flight,
+                max_waiting=max_waiting,
                 allowed_hosts=allowed_hosts,
             ),
         ),

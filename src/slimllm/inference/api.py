@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from slimllm import __version__
-from slimllm.clitypes import DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, TEMPLATE_TIMEOUT
+from slimllm.clitypes import DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, TEMPLATE_TIMEOUT, ClientSettings
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts, HostCheck
 from slimllm.inference import tools as toolcalls
 from slimllm.inference.chat_templates import JinjaChatTemplate, TemplateError
@@ -64,8 +64,9 @@ from slimllm.inference.schemas import (
 )
 from slimllm.inference.structured import SchemaError, json_object_grammar, schema_grammar
 from slimllm.keys import KeyCheck, bearer
-from slimllm.limits import BodyLimit, Disconnected, client_key, until_disconnect
+from slimllm.limits import BodyLimit, ClientLimits, Disconnected, client_key, until_disconnect
 from slimllm.model import ModelError
+from slimllm.networks import Network, TrustedProxies
 from slimllm.openai_errors import ApiError, exception_handlers, json_body
 from slimllm.openapi import document, parse
 
@@ -92,6 +93,7 @@ class Settings:
     default_max_tokens: int = DEFAULT_MAX_TOKENS  # a request without max_tokens (at most the limit)
     embeddings: bool = False  # the engine serves /v1/embeddings: the document offers it
     template_timeout: float = TEMPLATE_TIMEOUT  # seconds a Jinja chat template may render one request
+    clients: ClientSettings = field(default_factory=ClientSettings)  # limits.ClientLimits
 
 
 class ServerState:
@@ -692,19 +694,37 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
     ]
     if not settings.embeddings:  # not offered, but still says how to turn it on
         routes.append(Route("/v1/embeddings", embeddings, methods=["POST"]))
+    # The tunnel's address, for the key's back-off and the client limits alike.
+    proxies = TrustedProxies(settings.clients.trusted_proxies)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(log),
         middleware=[
-            Middleware(_Guard, api_key=settings.api_key, counter=http_requests),
+            Middleware(_Guard, api_key=settings.api_key, counter=http_requests, trusted=proxies.networks),
             Middleware(HostCheck, allowed=settings.allowed_hosts, setting="SLIMLLM_ALLOWED_HOSTS"),
+            # With a key, only requests carrying it get this far: each is the operator's.
+            Middleware(
+                ClientLimits,
+                paths=_LIMITED_ROUTES,
+                settings=settings.clients,
+                proxies=proxies,
+                operator=(lambda scope: True) if settings.api_key else None,
+            ),
             Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         ],
     )
 
 
 _OPEN_ROUTES = frozenset({"/health"})
+# The routes that cost the server work: the per-client and global limits apply to their POSTs.
+_LIMITED_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/apply-template",
+    "/tokenize",
+)
 _ROUTES = _OPEN_ROUTES | {
     "/metrics",
     "/v1/models",
@@ -722,9 +742,12 @@ class _Guard:
     """API-key check on every route but the probe (slimllm.keys: one Authorization header, failed
     keys backed off), and a request counter, as plain ASGI so streams pass through."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, counter: Counter) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, counter: Counter, trusted: list[Network] | None = None
+    ) -> None:
         self.app, self.counter = app, counter
         self.keys = KeyCheck(api_key) if api_key else None
+        self.trusted = trusted if trusted is not None else []  # kept current by ClientLimits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -743,7 +766,7 @@ class _Guard:
             refusal = None
             if self.keys is not None and path not in _OPEN_ROUTES:
                 try:
-                    refusal = self.keys.check(client_key(scope, []), bearer(scope))
+                    refusal = self.keys.check(client_key(scope, self.trusted), bearer(scope))
                 except ApiError as exc:
                     refusal = exc
             if refusal is not None:

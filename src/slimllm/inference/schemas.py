@@ -605,10 +605,11 @@ def _errors(*statuses: int) -> dict[int | str, Reply]:
         401: "Missing or wrong API key (when the server has one).",
         404: "The model is not served here.",
         413: "The request body is larger than --max-body-bytes.",
+        429: "Too many requests from this client (per minute or at once).",
         503: "The model is loading, or the queue is full.",
         504: "The generation did not finish within --request-timeout.",
     }
-    headers = {503: ("Retry-After",)}
+    headers = {429: ("Retry-After",), 503: ("Retry-After",)}
     return {s: Reply(what[s], ErrorResponse, headers=headers.get(s, ())) for s in statuses}
 
 
@@ -620,12 +621,12 @@ def operations(
     embedding: type[EmbeddingRequest] = EmbeddingRequest,
 ) -> list[Operation]:
     """The server's operations; /v1/embeddings only when it serves them (--embeddings)."""
-    completion_errors = _errors(400, 401, 404, 413, 503, 504)
+    completion_errors = _errors(400, 401, 404, 413, 429, 503, 504)
     embedding_operation = Operation(
         "/v1/embeddings",
         "POST",
         "Embeddings (pooled, L2-normalised) of strings or token ids",
-        {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 503)},
+        {200: Reply("The embeddings", EmbeddingList), **_errors(400, 401, 404, 413, 429, 503)},
         request=embedding,
     )
     return [
@@ -674,14 +675,14 @@ def operations(
             "/apply-template",
             "POST",
             "The prompt text a chat request's messages become",
-            {200: Reply("The prompt", Prompt), **_errors(400, 401, 413, 503)},
+            {200: Reply("The prompt", Prompt), **_errors(400, 401, 413, 429, 503)},
             request=ApplyTemplateRequest,
         ),
         Operation(
             "/tokenize",
             "POST",
             "Token ids of a text",
-            {200: Reply("The tokens", Tokens), **_errors(400, 401, 413, 503)},
+            {200: Reply("The tokens", Tokens), **_errors(400, 401, 413, 429, 503)},
             request=TokenizeRequest,
         ),
         Operation(

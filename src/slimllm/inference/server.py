@@ -12,7 +12,15 @@ import click
 from click.core import ParameterSource
 
 from slimllm import presets
-from slimllm.clitypes import DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, TEMPLATE_TIMEOUT, max_body_option
+from slimllm.clitypes import (
+    DEFAULT_MAX_TOKENS,
+    MAX_BODY_BYTES,
+    TEMPLATE_TIMEOUT,
+    ClientSettings,
+    client_networks,
+    client_options,
+    max_body_option,
+)
 from slimllm.errors import UserError
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts
 from slimllm.httpserver import HEADER_TIMEOUT, IDLE_TIMEOUT, connection_options, server_options
@@ -228,6 +236,24 @@ def _resolve_preset(ctx: click.Context, preset: str | None, options: dict[str, A
 )
 @max_body_option("SLIMLLM_MAX_BODY_BYTES")
 @click.option(
+    "--rate-limit",
+    type=click.IntRange(min=0),
+    default=30,
+    envvar="SLIMLLM_RATE_LIMIT",
+    show_envvar=True,
+    help="Requests a minute one public client may make to the generation and text routes (0: no "
+    "limit); more get 429 with Retry-After. An IPv6 client is its /64.",
+)
+@click.option(
+    "--max-requests-per-client",
+    type=click.IntRange(min=0),
+    default=2,
+    envvar="SLIMLLM_MAX_REQUESTS_PER_CLIENT",
+    show_envvar=True,
+    help="Requests one public client may have in flight (or waiting) at once (0: no limit); more get 429.",
+)
+@client_options("SLIMLLM_")
+@click.option(
     "--request-timeout",
     type=click.FloatRange(min=1),
     default=600.0,
@@ -291,12 +317,19 @@ def _serve(
     max_tokens_limit: int,
     default_max_tokens: int,
     max_body_bytes: int,
+    rate_limit: int,
+    max_requests_per_client: int,
+    trusted_proxies: str,
+    local_clients: str,
+    max_in_flight: int,
+    max_waiting: int,
     request_timeout: float,
     shutdown_grace: float,
     log_level: str,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = read_key("SLIMLLM_API_KEY", api_key_file)
+    proxies, local = client_networks("SLIMLLM_", trusted_proxies, local_clients)
     template = None
     if chat_template_file is not None:
         try:
@@ -340,6 +373,9 @@ def _serve(
             default_max_tokens=default_max_tokens,
             max_body_bytes=max_body_bytes,
             template_timeout=template_timeout,
+            clients=ClientSettings(
+                rate_limit, max_requests_per_client, max_in_flight, max_waiting, proxies, local
+            ),
         )
     )
 
@@ -373,6 +409,7 @@ def run_server(
     header_timeout: float = HEADER_TIMEOUT,
     idle_timeout: int = IDLE_TIMEOUT,
     template_timeout: float = TEMPLATE_TIMEOUT,
+    clients: ClientSettings | None = None,
 ) -> int:
     import uvicorn
 
@@ -399,6 +436,7 @@ def run_server(
             allowed_hosts=allowed_hosts,
             embeddings=bool(engine_options.get("embeddings")),
             template_timeout=template_timeout,
+            clients=clients or ClientSettings(),
         ),
         load=lambda: Engine(load_model(), **engine_options),
         on_fatal=on_fatal,
