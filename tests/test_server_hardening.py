@@ -254,9 +254,33 @@ def test_a_dns_rebinding_request_gets_400(app: str, request: pytest.FixtureReque
         named.encode(),
     ):
         assert status_of(raw(port, get(path, host))) == 200, host
+
     # /health answers the images' own health checks (Host 127.0.0.1), and rebinding there too is refused.
     assert status_of(raw(port, get("/health", b"127.0.0.1:%d" % port))) == 200
     assert status_of(raw(port, get("/health", b"attacker.example"))) == 400
+
+
+@pytest.mark.parametrize("tunnel", [True, False], ids=["from-the-tunnel", "from-anyone-else"])
+def test_a_named_tunnels_hostname_needs_no_setting(engine: FakeEngine, tunnel: bool) -> None:
+    """What the tunnel's connector forwards was routed to this tunnel by the edge for one of its own
+    hostnames: a named tunnel's public name is served without listing it; from any other peer the
+    same name is a rebinding attempt."""
+    here = ipaddress.ip_network("127.0.0.1/32") if tunnel else ipaddress.ip_network("10.255.255.1/32")
+    app = create_inference(
+        Settings(
+            model_id="fake",
+            clients=ClientSettings(trusted_proxies=(here,), local_clients=(here,)),
+        ),
+        load=lambda: engine,  # type: ignore[arg-type,return-value]
+        on_fatal=lambda message: None,
+    )
+    with serving(app) as port:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"http://127.0.0.1:{port}/health").status_code != 200:
+            assert time.monotonic() < deadline, "the stand-in engine did not load"
+            time.sleep(0.05)
+        answer = raw(port, get("/v1/models", b"chat.example.org"))
+    assert status_of(answer) == (200 if tunnel else 400), answer[:300]
 
 
 def test_both_commands_run_the_checks_and_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:

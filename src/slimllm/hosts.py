@@ -13,9 +13,11 @@ Allowed without configuration -- every name no outsider can point at this server
   the gateway, the health monitor and the health checks use; a public DNS name always has a dot;
 - `*.trycloudflare.com`: a quick tunnel's public name (cloudflared forwards the visitor's `Host`),
   whose addresses only Cloudflare sets.
-Everything else (a named tunnel's hostname, a server reached by its DNS name) is allowed only
-when the setting lists it: names, or `*.domain` for every name under a domain; `*` turns the check
-off. No web framework here: the command line parses the setting before the app is imported.
+A request from the tunnel's connector (a trusted proxy, slimllm.networks) passes whatever its
+`Host`: the edge routed it to this tunnel for one of the tunnel's own hostnames (a named tunnel's
+name needs no setting), and rebinding is a browser reaching a local address, never the tunnel.
+Everything else (a server reached by its DNS name) is allowed only when the setting lists it:
+names, or `*.domain` for every name under a domain; `*` turns the check off. No web framework here: the command line parses the setting before the app is imported.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from slimllm.networks import TrustedProxies
 
 # Names under this domain are quick tunnels': what the stacks publish without a token.
 QUICK_TUNNEL_DOMAIN = "trycloudflare.com"
@@ -116,15 +120,19 @@ class HostCheck:
     """ASGI middleware: 400 (OpenAI's error shape) for a request whose `Host` is not allowed, or
     that has more than one `Host` header."""
 
-    def __init__(self, app: ASGIApp, allowed: AllowedHosts, setting: str) -> None:
-        self.app, self.allowed, self.setting = app, allowed, setting
+    def __init__(
+        self, app: ASGIApp, allowed: AllowedHosts, setting: str, proxies: TrustedProxies | None = None
+    ) -> None:
+        self.app, self.allowed, self.setting, self.proxies = app, allowed, setting, proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         hosts = [value for name, value in scope["headers"] if name == b"host"]
-        if len(hosts) <= 1 and self.allowed.allows(hosts[0] if hosts else None):
+        if len(hosts) <= 1 and (
+            self.allowed.allows(hosts[0] if hosts else None) or await self._from_tunnel(scope)
+        ):
             await self.app(scope, receive, send)
             return
         from slimllm.openai_errors import ApiError
@@ -134,3 +142,19 @@ class HostCheck:
             f"the Host header does not name this server (a name it serves is set in {self.setting})",
             code="invalid_host",
         ).response()(scope, receive, send)
+
+    async def _from_tunnel(self, scope: Scope) -> bool:
+        """Whether the peer is the tunnel's connector (a trusted proxy): what it forwards was routed
+        to this tunnel by Cloudflare's edge for one of the tunnel's own hostnames, so a named
+        tunnel works without listing its name; rebinding is a browser reaching a local address,
+        which never comes through the tunnel."""
+        client = scope.get("client")
+        if self.proxies is None or not client:
+            return False
+        try:
+            peer = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        if self.proxies.needs_lookup(peer):
+            await self.proxies.refresh(0)  # the tunnel, started or restarted since, has a new address
+        return self.proxies.trusts(peer)

@@ -108,8 +108,9 @@ def connection_options(prefix: str) -> Callable[[Callable[..., object]], Callabl
             envvar=f"{prefix}_ALLOWED_HOSTS",
             show_envvar=True,
             help="Host names this server answers to besides IP addresses, localhost, names without a "
-            "dot (a stack's service names) and *.trycloudflare.com (quick tunnels): a named tunnel's "
-            "public hostname, a DNS name of this server; `*.domain` for every name under a domain, "
+            "dot (a stack's service names), *.trycloudflare.com (quick tunnels) and any a trusted "
+            "proxy (the tunnel) forwards: a DNS name of this server; `*.domain` for every name "
+            "under a domain, "
             "`*` for any (no check). A request with any other Host gets 400 (DNS rebinding).",
         ),
         click.option(

@@ -435,7 +435,9 @@ def create_app(
         exception_handlers=exception_handlers(log),
         middleware=[
             Middleware(SecurityHeaders),
-            Middleware(HostCheck, allowed=guard.allowed_hosts, setting="SLIMLLM_CHAT_ALLOWED_HOSTS"),
+            Middleware(
+                HostCheck, allowed=guard.allowed_hosts, setting="SLIMLLM_CHAT_ALLOWED_HOSTS", proxies=proxies
+            ),
             Middleware(RequireKey, keyring=keyring, trusted=trusted),
             Middleware(
                 ClientLimits,

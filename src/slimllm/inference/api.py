@@ -702,7 +702,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         exception_handlers=exception_handlers(log),
         middleware=[
             Middleware(_Guard, api_key=settings.api_key, counter=http_requests, trusted=proxies.networks),
-            Middleware(HostCheck, allowed=settings.allowed_hosts, setting="SLIMLLM_ALLOWED_HOSTS"),
+            Middleware(
+                HostCheck, allowed=settings.allowed_hosts, setting="SLIMLLM_ALLOWED_HOSTS", proxies=proxies
+            ),
             # With a key, only requests carrying it get this far: each is the operator's.
             Middleware(
                 ClientLimits,
