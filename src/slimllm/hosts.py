@@ -17,7 +17,8 @@ A request from the tunnel's connector (a trusted proxy, slimllm.networks) passes
 `Host`: the edge routed it to this tunnel for one of the tunnel's own hostnames (a named tunnel's
 name needs no setting), and rebinding is a browser reaching a local address, never the tunnel.
 Everything else (a server reached by its DNS name) is allowed only when the setting lists it:
-names, or `*.domain` for every name under a domain; `*` turns the check off. No web framework here: the command line parses the setting before the app is imported.
+names, or `*.domain` for every name under a domain; `*` turns the check off. No web framework
+here: the command line parses the setting before the app is imported.
 """
 
 from __future__ import annotations
