@@ -37,7 +37,8 @@ from slimllm.runner import compose as stack_compose
 from tests.dockerutil import wait_for_http
 from tests.fakes.hf_hub import serve_hub
 from tests.ggufs import KINDS, expected_prompt
-from tests.test_stack import compose, compose_cli, compose_env, free_port  # noqa: F401 (fixture)
+from tests.support import free_port
+from tests.test_stack import compose, compose_cli, compose_env  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("compose_cli")
 

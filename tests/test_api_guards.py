@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ipaddress
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from slimllm.chat.app import Protection
 from slimllm.clitypes import ClientSettings
@@ -35,7 +33,8 @@ from slimllm.inference import tools as toolcalls
 from slimllm.inference.api import Settings, create_app
 from slimllm.inference.chat_templates import JinjaChatTemplate
 from slimllm.inference.engine import Finished, Job, Stats
-from tests.test_gateway_auth import fake, free_port, gateway  # noqa: F401  (fake: the backend fixture)
+from tests.support import serving, wait_until
+from tests.test_gateway_auth import fake, gateway  # noqa: F401  (fake: the backend fixture)
 
 CHATML = (
     "{% for message in messages %}"
@@ -100,25 +99,9 @@ class FakeEngine:
 @contextmanager
 def inference(engine: FakeEngine, settings: Settings | None = None) -> Iterator[str]:
     app = create_app(settings or Settings(model_id="m"), load=lambda: engine, on_fatal=print)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the inference app did not start"
-            time.sleep(0.02)
+    with serving(app) as url:
+        wait_until(lambda: httpx.get(url + "/health").status_code == 200, "the stand-in engine loaded")
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

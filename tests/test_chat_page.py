@@ -20,13 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from slimllm.chat.app import STATIC, Protection, create_app
 from slimllm.chat.backends import Registry
 from slimllm.chat.config import load_models
 from tests.conftest import require
-from tests.test_chat_units import free_port
+from tests.support import free_port, serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat-page"
@@ -91,26 +90,8 @@ def echo_handler(seen: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def serve(spec: str, protection: Protection) -> Iterator[str]:
     registry = Registry(load_models(spec, None, {}), poll_interval=0.5, request_timeout=30)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(registry, keepalive=15.0, protection=protection),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the chat app did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(create_app(registry, keepalive=15.0, protection=protection)) as url:
+        yield url
 
 
 class Site:

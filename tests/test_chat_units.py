@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from slimllm.chat.app import badge_message, create_app
 from slimllm.chat.backends import Model, Registry
 from slimllm.chat.config import ConfigError, ModelConfig, key_env_name, load_file, load_models, parse_spec
 from slimllm.cli import main
 from tests.fakes.openai_backend import REPLY, serve_backend
+from tests.support import free_port, serving, wait_until
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -160,40 +157,16 @@ def test_model_status_and_badge(states: list[str], status: str, message: str) ->
 # -- the app in process ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve_chat(spec: str, **options: Any) -> Iterator[str]:
     registry = Registry(load_models(spec, None, {}), poll_interval=0.5, request_timeout=30)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(registry, keepalive=options.get("keepalive", 15.0)),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the chat app did not start"
-            time.sleep(0.02)
+    with serving(create_app(registry, keepalive=options.get("keepalive", 15.0))) as url:
         # The first health poll runs at start; wait for it so tests see real statuses.
-        url = f"http://127.0.0.1:{port}"
-        while any(m["status"] == "unknown" for m in httpx.get(url + "/api/models").json()["models"]):
-            assert time.monotonic() < deadline, "no health poll happened"
-            time.sleep(0.02)
+        wait_until(
+            lambda: all(m["status"] != "unknown" for m in httpx.get(url + "/api/models").json()["models"]),
+            "a health poll happened",
+        )
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from slimllm import networks
 from slimllm.chat.app import Protection, create_app
@@ -39,6 +37,7 @@ from slimllm.limits import Admission, ClientLimits, client_key
 from slimllm.networks import TrustedProxies, parse_local, parse_networks, parse_proxies
 from slimllm.openai_errors import ApiError
 from tests.fakes.openai_backend import serve_backend
+from tests.support import serving
 
 KEY = "operator-key-0123456789abcdef"
 CHAT = {"model": "xss", "messages": [{"role": "user", "content": "x"}]}
@@ -55,33 +54,6 @@ eth0\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
 """
 GATEWAY, TUNNEL = "127.0.0.1", "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

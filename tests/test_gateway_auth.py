@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.routing import Mount, Route
 
 from slimllm.chat.app import Protection, create_app
@@ -27,14 +23,9 @@ from slimllm.chat.backends import Registry
 from slimllm.chat.config import load_models
 from slimllm.networks import parse_networks
 from tests.fakes.openai_backend import serve_backend
+from tests.support import serving, wait_until
 
 KEY = "gateway-key-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 MESSAGES = [{"role": "user", "content": "x"}]
@@ -50,30 +41,16 @@ def fake() -> Iterator[tuple[str, list[list[Any]]]]:
 def gateway(spec: str, protection: Protection) -> Iterator[tuple[str, Any]]:
     registry = Registry(load_models(spec, None, {}), poll_interval=0.5, request_timeout=30)
     app = create_app(registry, keepalive=15.0, protection=protection)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the chat app did not start"
-            time.sleep(0.02)
+    with serving(app, proxy_headers=False) as url:
         headers = {"Authorization": f"Bearer {protection.api_key}"} if protection.api_key else {}
-        while any(
-            m["status"] == "unknown" for m in httpx.get(url + "/api/models", headers=headers).json()["models"]
-        ):
-            assert time.monotonic() < deadline, "no health poll happened"
-            time.sleep(0.02)
+        wait_until(
+            lambda: all(
+                m["status"] != "unknown"
+                for m in httpx.get(url + "/api/models", headers=headers).json()["models"]
+            ),
+            "a health poll happened",
+        )
         yield url, app
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def routes_of(app: Any) -> list[tuple[str, str]]:

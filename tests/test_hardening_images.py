@@ -19,12 +19,13 @@ import pytest
 
 from tests.conftest import TEST_TAG
 from tests.dockerutil import build_image, published_port, wait_for_http
+from tests.support import free_port
 from tests.test_inference import (
     Server,
     inference_image,  # noqa: F401  (the inference image, built once)
     run_server,
 )
-from tests.test_server_hardening import drip, free_port, get, raw, status_of
+from tests.test_server_hardening import drip, get, raw, status_of
 
 # Many short inputs make a long request: each input is one llama.cpp call (about 1.3 s on two
 # busy cores, 4 s more per request; measured with SLIMLLM_THREADS=2 under load).

@@ -8,7 +8,6 @@ with a read-only root filesystem, as recommended for users.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from httpx_sse import EventSource
 from tests.conftest import TEST_TAG
 from tests.dockerutil import build_image, published_port, wait_for_http
 from tests.fakes.hf_hub import serve_hub
+from tests.support import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.model]
 
@@ -113,12 +113,6 @@ def server(docker_client: Any, inference_image: Any, default_model: Path) -> Ite
 def sse_events(response: httpx.Response) -> Iterator[Any]:
     for event in EventSource(response).iter_sse():
         yield event.data if event.data == "[DONE]" else json.loads(event.data)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the image ---------------------------------------------------------------------------------

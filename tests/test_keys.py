@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from slimllm.chat.app import Protection
 from slimllm.chat.auth import COOKIE
@@ -30,7 +28,8 @@ from slimllm.inference.api import Settings, create_app
 from slimllm.keys import CLIENT_FREE_FAILURES, CLIENT_MAX_BACKOFF_SECONDS, GLOBAL_FREE_FAILURES, FailedKeys
 from slimllm.networks import parse_networks
 from tests.fakes.openai_backend import serve_backend
-from tests.test_gateway_auth import free_port, gateway
+from tests.support import free_port, serving, wait_until
+from tests.test_gateway_auth import gateway
 from tests.test_inference_units import StandInEngine
 
 KEY = "keys-test-key-0123456789abcdef"
@@ -49,20 +48,9 @@ def backend() -> Iterator[str]:
 def inference(api_key: str = KEY) -> Iterator[str]:
     """The inference app with a stand-in engine, under uvicorn on 127.0.0.1."""
     app = create_app(Settings(model_id="m", api_key=api_key), load=StandInEngine, on_fatal=lambda _: None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while not (server.started and httpx.get(url + "/health").status_code == 200):
-            assert time.monotonic() < deadline, "the inference app did not start"
-            time.sleep(0.02)
+    with serving(app) as url:
+        wait_until(lambda: httpx.get(url + "/health").status_code == 200, "the stand-in engine loaded")
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @contextmanager

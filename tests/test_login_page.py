@@ -17,8 +17,8 @@ from slimllm.chat.app import STATIC, Protection
 from slimllm.chat.auth import LOGIN_ICON, LOGIN_STYLESHEET, OPEN_PATHS, login_page
 from slimllm.keys import CLIENT_FREE_FAILURES
 from tests import test_chat_page
+from tests.support import free_port
 from tests.test_chat_page import ARTIFACTS, KEY, Site, Tab, axe, serve
-from tests.test_chat_units import free_port
 
 # The chat page's module fixtures (one browser, the app with and without the key), for this module.
 browser = test_chat_page.browser

@@ -34,6 +34,7 @@ from slimllm.hosts import AllowedHosts, HostCheck
 from slimllm.httpserver import server_options
 from slimllm.inference.api import Settings
 from slimllm.inference.api import create_app as create_inference
+from tests.support import serving as shared_serving
 
 HEADER_TIMEOUT = 1.0
 IDLE_TIMEOUT = 1
@@ -75,38 +76,12 @@ class FakeEngine:
         return [0.5, 0.5, 0.5, 0.5]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serving(app: Any) -> Iterator[int]:
     """`app` on real uvicorn with the servers' connection settings; yields the port."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        server_header=False,
-        proxy_headers=False,
-        **server_options(header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.02)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    options = server_options(header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT)
+    with shared_serving(app, **options) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

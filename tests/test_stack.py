@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import pytest
 from slimllm.model import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_SHA256
 from tests.conftest import REPO_ROOT, require
 from tests.fakes.hf_hub import serve_hub
+from tests.support import free_port
 
 # The test doubles for the tunnel: the stand-in cloudflared, served as a release file and built
 # into the real docker/cloudflared image (fixtures of the sidecar tests, reused as they are).
@@ -152,13 +152,6 @@ def make(
         timeout=timeout,
         env=env if env is not None else compose_env(),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def host_of(url: str) -> tuple[str, int]:

@@ -83,10 +83,14 @@ def head_timeout_protocol(header_timeout: float) -> type[asyncio.Protocol]:
 
 
 def server_options(*, header_timeout: float, idle_timeout: int) -> dict[str, Any]:
-    """uvicorn.Config's keywords for the connection timeouts (both apps)."""
+    """uvicorn.Config's keywords both apps share: the connection timeouts, and no proxy headers
+    (clients are told apart by the peer address, or by CF-Connecting-IP from a trusted proxy;
+    never by an X-Forwarded-For anyone can send)."""
     return {
         "http": head_timeout_protocol(header_timeout),
         "timeout_keep_alive": idle_timeout,
+        "proxy_headers": False,
+        "server_header": False,
     }
 
 

@@ -197,10 +197,6 @@ def chat_interface(
         port=port,
         log_level=log_level,
         lifespan="on",
-        server_header=False,
-        # Clients are told apart by the peer address, or by CF-Connecting-IP from a trusted proxy;
-        # never by an X-Forwarded-For anyone can send.
-        proxy_headers=False,
         # Connections still open this long after SIGTERM are cut (sse-starlette ends chat streams
         # at once; gateway streams get the time to finish).
         timeout_graceful_shutdown=5,

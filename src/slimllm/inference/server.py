@@ -448,7 +448,6 @@ def run_server(
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=int(shutdown_grace) or None,
-        server_header=False,
         **server_options(header_timeout=header_timeout, idle_timeout=idle_timeout),
     )
     server = uvicorn.Server(config)
