@@ -238,6 +238,19 @@ def check_allow(url: str, headers: dict[str, str]) -> int:
     return checked
 
 
+def test_tokenize_takes_no_more_text_than_a_prompt_can_be(served: tuple[str, FakeEngine]) -> None:
+    """/tokenize was the one text route without the context's bound: a 1 MB body was tokenized
+    whole, and its answer was millions of ids."""
+    url, engine = served
+    most = engine.ctx_per_slot * 2  # the stand-in vocabulary's longest token is 2 bytes
+    fits = httpx.post(url + "/tokenize", json={"content": "a" * most}, timeout=30)
+    assert fits.status_code == 200 and len(fits.json()["tokens"]) == most
+    too_long = httpx.post(url + "/tokenize", json={"content": "a" * (most + 1)}, timeout=30)
+    assert too_long.status_code == 400, too_long.text
+    assert too_long.json()["error"]["code"] == "context_length_exceeded"
+    assert too_long.json()["error"]["param"] == "content"
+
+
 def test_every_405_of_the_inference_server_says_what_is_allowed(served: tuple[str, FakeEngine]) -> None:
     url, _ = served
     assert check_allow(url, {}) >= 30

@@ -643,6 +643,9 @@ def create_app(settings: Settings, load: Callable[[], Engine], on_fatal: Callabl
         """Token ids of a text; special tokens' text is parsed as those tokens (llama-server's /tokenize)."""
         engine = state.require_engine()
         req = parse(TokenizeRequest, await json_body(request))
+        # No text longer than a prompt can be is tokenized: the work (and the answer's size) stays
+        # that of a prompt, whoever asks.
+        check_length(engine, len(req.content), "content")
         tokens = await off_loop(lambda: engine.tokenize(req.content, add_bos=bool(req.add_special)))
         return JSONResponse({"tokens": tokens})
 
