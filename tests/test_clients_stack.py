@@ -7,8 +7,8 @@ i.e. through the bridge gateway, as a runner's own job reaches them.
   whose per-client limits apply to the host too, to see it); the same header from a container
   that is the `tunnel` service on the stack's network (found by DNS, as in the stacks) is believed.
 - 16 concurrent requests from the host through the gateway finish within 1.2x of the same load
-  sent straight to the inference server, with no refusal (issue 28: 8,322 refusals at concurrency
-  16 before).
+  sent straight to the inference server (the best of three alternated rounds each), with no
+  refusal (issue 28: 8,322 refusals at concurrency 16 before).
 """
 
 from __future__ import annotations
@@ -193,22 +193,24 @@ def load(url: str, body: dict[str, Any]) -> tuple[float, list[int]]:
 
 
 def test_sixteen_local_requests_through_the_gateway_as_fast_as_direct(stack: Stack) -> None:
-    # Warm: the first request pays for the prompt cache.
-    assert httpx.post(stack.inference + "/v1/chat/completions", json=BODY, timeout=120).status_code == 200
-    # Alternated twice, so that a change in the machine's load meets both about equally.
-    direct = gateway = 0.0
-    phases: list[str] = []
-    for _ in range(2):
+    # Warm, unmeasured: the first load on a fresh server is several times slower than the next.
+    load(stack.inference, BODY)
+    # Alternated, three rounds, the fastest of each compared: this machine's own speed swings
+    # between rounds (other work on two cores), which the best round of each leaves out.
+    direct: list[float] = []
+    gateway: list[float] = []
+    for _ in range(3):
         seconds, direct_codes = load(stack.inference, BODY)
-        direct += seconds
-        phases.append(f"direct {seconds:.1f} s")
+        direct.append(seconds)
         assert direct_codes == [200] * REQUESTS, sorted(set(direct_codes))
         seconds, gateway_codes = load(stack.chat, {**BODY, "model": "gemma"})
-        gateway += seconds
-        phases.append(f"gateway {seconds:.1f} s")
+        gateway.append(seconds)
         refused = [c for c in gateway_codes if c != 200]
         assert not refused, (
             f"{len(refused)} of {REQUESTS} refused through the gateway: {sorted(set(refused))}"
         )
-    print(f"2x{REQUESTS} requests, concurrency {CONCURRENCY}: {', '.join(phases)}")
-    assert gateway <= 1.2 * direct, (direct, gateway)
+    print(
+        f"3x{REQUESTS} requests, concurrency {CONCURRENCY}: direct {[round(d, 1) for d in direct]} s, "
+        f"gateway {[round(g, 1) for g in gateway]} s"
+    )
+    assert min(gateway) <= 1.2 * min(direct), (direct, gateway)
