@@ -76,3 +76,21 @@ def test_secret_key_comes_from_the_environment_or_a_file(
     monkeypatch.setenv("SLIMLLM_TEST_KEY", "")
     with pytest.raises(UserError, match="cannot read the key file"):
         secret_key("SLIMLLM_TEST_KEY", tmp_path / "missing")
+
+
+def test_the_cli_imports_without_the_servers_web_framework() -> None:
+    """The actions install the CLI from scripts/cli-requirements, which has no web framework: every
+    module the `slimllm` command imports at start must do without starlette and uvicorn (the
+    servers import them when they run)."""
+    blocker = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'starlette', 'uvicorn', 'sse_starlette', 'prometheus_client'}:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from slimllm.cli import main\n"
+        "raise SystemExit(main(['--help']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -6,6 +6,7 @@ action and `slimllm stack up`, and the compose stacks through `make start-*`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,8 +236,11 @@ def test_make_start_refuses_before_any_image_or_container(tmp_path: Path) -> Non
     )  # fmt: skip
     assert result.returncode != 0, result.stdout + result.stderr
     # The engine step's own line, then the refusal, then make's.
+    # make's own line is `make: ***` at the top level, `make[N]: ***` under another make (make test).
     errors = [
-        line for line in result.stderr.splitlines() if not line.startswith(("make: ***", "[slimllm] engine"))
+        line
+        for line in result.stderr.splitlines()
+        if not re.match(r"make(\[\d+\])?: \*\*\*", line) and not line.startswith("[slimllm] engine")
     ]
     assert len(errors) == 1 and errors[0].startswith(f"error: {REFUSED} the inference server"), result.stderr
     assert "images:" not in result.stdout + result.stderr, "images ensure ran after the refusal"

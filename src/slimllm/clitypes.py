@@ -54,6 +54,24 @@ def secret_key(variable: str, file: Path | None) -> str | None:
         raise UserError(f"cannot read the key file {file}: {exc.strerror or exc}") from None
 
 
+# A server's key shorter than this is refused at start: 24 random characters are beyond guessing at
+# any rate (slimllm.keys backs off wrong ones).
+MIN_KEY_LENGTH = 24
+
+
+def read_key(variable: str, file: Path | None) -> str | None:
+    """The key from `variable` or else `file` (see clitypes.secret_key); a UserError (one line) when
+    it is shorter than MIN_KEY_LENGTH."""
+    key = secret_key(variable, file)
+    if key is not None and len(key) < MIN_KEY_LENGTH:
+        source = variable if os.environ.get(variable, "").strip() else f"the key file {file}"
+        raise UserError(
+            f"the API key in {source} has {len(key)} characters; a key needs at least {MIN_KEY_LENGTH} "
+            "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return key
+
+
 # The largest request body either app reads: a chat request with a long history fits many times.
 MAX_BODY_BYTES = 1 << 20
 

@@ -1,7 +1,8 @@
-"""API keys, shared by the inference server and the chat gateway (README: Security model).
+"""API keys, shared by the inference server and the chat gateway (SECURITY.md). A server's key is
+read at start by `clitypes.read_key` (its environment variable or key file, never the command
+line; refused when shorter than `clitypes.MIN_KEY_LENGTH`), which the command line imports
+without the web framework this module needs.
 
-- `read_key`: a server's key comes from its environment variable or its key file, never from the
-  command line, and is refused at start when shorter than `MIN_KEY_LENGTH` characters.
 - `bearer`: the token of a request's one `Authorization: Bearer <token>` header. More than one
   `Authorization` header is 400: a request is one key attempt, never a batch of guesses.
 - `Secret`: equality with a secret in constant time, on bytes (SHA-256 digests of both sides, so
@@ -18,24 +19,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from starlette.types import Scope
-
-from slimllm.clitypes import secret_key
-from slimllm.errors import UserError
 from slimllm.limits import MAX_CLIENTS, too_many
 from slimllm.openai_errors import ApiError
 
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
 log = logging.getLogger("slimllm.keys")
 
-# A shorter key is refused at start: 24 random characters are beyond guessing at any rate.
-MIN_KEY_LENGTH = 24
 # A client may get this many keys wrong before back-off starts; then each failure doubles its
 # wait, from BACKOFF_BASE_SECONDS up to CLIENT_MAX_BACKOFF_SECONDS.
 CLIENT_FREE_FAILURES = 10
@@ -51,19 +48,6 @@ FORGET_SECONDS = 3600.0
 KNOWN_CLIENT_SECONDS = 24 * 3600.0
 
 INVALID_KEY_MESSAGE = "missing or invalid API key (send 'Authorization: Bearer <key>')"
-
-
-def read_key(variable: str, file: Path | None) -> str | None:
-    """The key from `variable` or else `file` (see clitypes.secret_key); a UserError (one line) when
-    it is shorter than MIN_KEY_LENGTH."""
-    key = secret_key(variable, file)
-    if key is not None and len(key) < MIN_KEY_LENGTH:
-        source = variable if os.environ.get(variable, "").strip() else f"the key file {file}"
-        raise UserError(
-            f"the API key in {source} has {len(key)} characters; a key needs at least {MIN_KEY_LENGTH} "
-            "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
-    return key
 
 
 def invalid_key() -> ApiError:

@@ -9,11 +9,16 @@ from pathlib import Path
 import click
 
 from slimllm.chat.config import ConfigError, load_models
-from slimllm.clitypes import GATEWAY_DEFAULT_MAX_TOKENS, client_networks, client_options, max_body_option
+from slimllm.clitypes import (
+    GATEWAY_DEFAULT_MAX_TOKENS,
+    client_networks,
+    client_options,
+    max_body_option,
+    read_key,
+)
 from slimllm.errors import UserError
 from slimllm.hosts import AllowedHosts
 from slimllm.httpserver import connection_options, server_options
-from slimllm.keys import read_key
 
 
 @click.command("chat-interface")

@@ -20,11 +20,11 @@ from slimllm.clitypes import (
     client_networks,
     client_options,
     max_body_option,
+    read_key,
 )
 from slimllm.errors import UserError
 from slimllm.hosts import LOCAL_ONLY, AllowedHosts
 from slimllm.httpserver import HEADER_TIMEOUT, IDLE_TIMEOUT, connection_options, server_options
-from slimllm.keys import read_key
 from slimllm.model import (
     DEFAULT_MODELS_DIR,
     ModelError,
