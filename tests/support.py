@@ -3,14 +3,30 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from tests.conftest import require
+
+# Debian's Chromium (scripts/install-browser.sh), driven by Playwright; never a downloaded browser.
+CHROMIUM = Path(os.environ.get("SLIMLLM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -44,3 +60,21 @@ def serving(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def chromium(artifacts: Path) -> Iterator[Any]:
+    """Headless Chromium for the block (its screenshots go to `artifacts`); in CI a missing browser
+    or Playwright fails the test instead of skipping it."""
+    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (bash scripts/install-browser.sh)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright is not installed (pip install -e '.[test]')")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()

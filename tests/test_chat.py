@@ -12,7 +12,6 @@ test-artifacts/chat/.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +23,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO_ROOT, TEST_TAG, require
+from tests.conftest import REPO_ROOT, TEST_TAG
 from tests.dockerutil import build_image, published_port, wait_for_http
+from tests.support import chromium
 from tests.test_chat_page import FIRST_RENDER_MS
 from tests.test_inference import IMAGE as INFERENCE_IMAGE
 from tests.test_inference import inference_image  # noqa: F401  (the servers' image, built once)
@@ -42,16 +42,6 @@ IMAGE_BUDGET_BYTES = int(
 )
 RUN_ID = uuid.uuid4().hex[:6]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
-CHROMIUM = Path(os.environ.get("SLIMLLM_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROMPT = [{"role": "user", "content": "Name three colours."}]
 # A request that keeps the model talking until the client leaves: greedy decoding of this prompt
 # loops on to the whole budget (the gateway refuses ignore_eos, a server-side knob).
@@ -410,18 +400,8 @@ def test_health_and_status_page(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (bash scripts/install-browser.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium(ARTIFACTS) as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture

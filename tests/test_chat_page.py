@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,13 +24,11 @@ from slimllm.chat.app import STATIC, Protection, create_app
 from slimllm.chat.backends import Registry
 from slimllm.chat.config import load_models
 from tests.conftest import require
-from tests.support import free_port, serving
+from tests.support import chromium, free_port, serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat-page"
 AXE = REPO_ROOT / "tests" / "vendor" / "axe.min.js"
-CHROMIUM = Path(os.environ.get("SLIMLLM_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync"]
 KEY = "page-test-key-0123456789"
 MODELS = ("alpha", "beta", "gamma", "delta", "epsilon")
 PAGE_BUDGET_GZIP = 150 * 1024  # the page's JavaScript + CSS, gzipped (issue 27: slim stays slim)
@@ -125,18 +122,8 @@ def site() -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (bash scripts/install-browser.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium(ARTIFACTS) as launched:
         yield launched
-        launched.close()
 
 
 class Tab:
